@@ -1,0 +1,32 @@
+# Two user-facing targets: `make demo` and `make test`. Both bootstrap .venv first.
+# The bootstrap re-runs only when pyproject.toml or constraints.txt change (stamp file),
+# so a second `make test` installs nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bootstrap-stamp
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bootstrap clean-venv
+
+demo: $(STAMP)
+	$(BIN)/vcla build-and-train
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+bootstrap: $(STAMP)
+
+# torch first: it is the CPU build on disk; anything else would pull a multi-GB CUDA build.
+# img2dataset drags in the `dataclasses` backport, which shadows the standard library in
+# Prefect's server process: remove it last.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PIP) uninstall -y dataclasses 2>/dev/null || true
+	$(BIN)/python -c "import dataclasses, sys; assert 'site-packages' not in dataclasses.__file__, dataclasses.__file__"
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

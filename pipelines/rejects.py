@@ -1,0 +1,61 @@
+"""Where dropped records go: `rejected/<stage>.jsonl`, one row per record with the reason.
+
+Nothing is dropped silently: a step that drops a record calls `RejectWriter.reject`, which
+both writes the row and counts it in the stage's `StageStats`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.stats import StageStats
+
+
+class RejectWriter:
+    """Appends rejection rows for one stage; each row is flushed as it is written.
+
+    Appending (not atomic replace) is deliberate: a killed run keeps the rejections it had
+    recorded, and a rerun writes the file anew (`mode="w"`) before it re-reads its input.
+    """
+
+    def __init__(self, folder: str | Path, stage: str, stats: StageStats, mode: str = "w") -> None:
+        self.path = Path(folder) / f"{stage}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = stage
+        self.stats = stats
+        self._f = open(self.path, mode, encoding="utf-8")
+
+    def reject(
+        self,
+        *,
+        source: str,
+        reason: str,
+        detail: str = "",
+        record_id: str | None = None,
+        location: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one rejection. `location` is "file:line" or "file[index]" in the source."""
+        row = {
+            "stage": self.stage,
+            "source": source,
+            "reason": reason,
+            "detail": detail,
+            "id": record_id,
+            "location": location,
+            "record": record,
+        }
+        self._f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        self._f.flush()
+        self.stats.count_rejected(source, reason)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "RejectWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""The `translator:` section of a recipe. Owned here so `translators/` stays usable alone."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QAConfig(_Section):
+    min_cjk_ratio: float = Field(0.3, ge=0, le=1, description="share of CJK characters a segment needs")
+    min_length_ratio: float = Field(0.15, gt=0, description="len(zh) / len(en), lower bound")
+    max_length_ratio: float = Field(3.0, gt=0, description="len(zh) / len(en), upper bound")
+    max_short_answer_chars: int = Field(16, gt=0, description="a one-word VQA answer must stay this short")
+
+
+class PriceConfig(_Section):
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+
+
+class TranslatorConfig(_Section):
+    backend: Literal["memory", "openai"] = "memory"
+    """`memory`: translation memory only (offline; a miss is a recorded rejection).
+    `openai`: any OpenAI-compatible chat-completions endpoint, memory consulted first."""
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    """The NAME of the environment variable holding the key; the key itself never enters a recipe."""
+    source_lang: str = "en"
+    target_lang: str = "zh"
+    prompt_version: str = "v1"
+    memory_path: str = "${run_dir}/translation-memory.sqlite"
+    memory_import: list[str] = Field(default_factory=list, description="JSONL files merged into the memory first")
+    glossary: dict[str, str] = Field(default_factory=dict)
+    batch_segments: int = Field(32, gt=0)
+    concurrency: int = Field(16, gt=0)
+    requests_per_minute: int | None = Field(None, gt=0)
+    tokens_per_minute: int | None = Field(None, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    json_mode: bool = True
+    price: PriceConfig = Field(default_factory=PriceConfig)
+    qa: QAConfig = Field(default_factory=QAConfig)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _is_env_name(cls, v: str) -> str:
+        if not v.replace("_", "").isalnum() or not v[:1].isalpha() or v.upper() != v:
+            raise ValueError(
+                "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself"
+            )
+        return v
