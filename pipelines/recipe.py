@@ -58,6 +58,9 @@ class SourceConfig(_Section):
     id_col: str | None = None
     lang: str = "en"
     limit: int | None = Field(None, gt=0)
+    task: Literal["caption", "vqa", "conversation", "text"] | None = Field(
+        None, description="override the task the reader infers (e.g. caption for a LLaVA pre-training file)"
+    )
 
 
 class DownloadConfig(_Section):
@@ -162,7 +165,11 @@ class Recipe(_Section):
             if prefixes and not key.startswith(prefixes):
                 continue
             if not Path(value).exists():
-                raise RecipeError(f"{self.file}: {key}: file not found: {value}")
+                dotted = re.sub(r"\[(\d+)\]", r".\1", key)
+                raise RecipeError(
+                    f"{self.file}: {key}: file not found: {value} "
+                    f"(fix the recipe or pass --set {dotted}=PATH)"
+                )
 
 
 def resolve_recipe_path(recipe: str | Path) -> Path:
@@ -287,6 +294,8 @@ def _file_fields(recipe: Recipe) -> list[tuple[str, str]]:
         cfg = getattr(recipe.model, part)
         if cfg.path:
             fields.append((f"model.{part}.path", cfg.path))
+    if recipe.model.connector.path:
+        fields.append(("model.connector.path", recipe.model.connector.path))
     if recipe.model.llm.tokenizer:
         fields.append(("model.llm.tokenizer", recipe.model.llm.tokenizer))
     if recipe.eval.split:

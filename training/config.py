@@ -38,6 +38,7 @@ class VisionConfig(_FromPathOrInit):
 
 class ConnectorConfig(_Section):
     kind: Literal["resampler", "linear", "mlp2x_gelu", "qformer"] = "resampler"
+    path: str | None = Field(None, description="pretrained connector weights (e.g. BLIP-2's Q-Former); None: fresh")
     num_queries: int = Field(32, gt=0)
     hidden_size: int = Field(768, gt=0)
     num_layers: int = Field(6, gt=0)
@@ -68,6 +69,7 @@ class LoraConfig(_Section):
 class TrainableConfig(_Section):
     vision: Literal["frozen", "lora", "full"] = "frozen"
     connector: Literal["frozen", "full"] = "full"
+    projection: Literal["frozen", "full"] = "full"
     llm: Literal["frozen", "lora", "full"] = "frozen"
     embeddings: bool = Field(False, description="train and save embed_tokens/lm_head in full (new tokens)")
 

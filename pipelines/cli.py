@@ -1,0 +1,146 @@
+"""`vcla`: the command line. One subcommand per stage, plus the one-shot `build-and-train`.
+
+Exit codes: 0 success, 1 a stage failed, 2 bad command line or recipe, 3 not built yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipelines import stages
+from pipelines.recipe import DEFAULT_RECIPE, Recipe, RecipeError, load_recipe
+
+EXAMPLES = """\
+examples:
+  vcla build-and-train                              # the bundled demo, offline
+  vcla demo-data /tmp/shapes --num-images 600
+  vcla translate --recipe recipes/visualcla-7b.yaml --set translator.concurrency=64
+  vcla train --recipe visualcla-7b --set model.llm.path=/models/chinese-alpaca-plus-7b
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("recipe options")
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="PATH",
+                   help=f"recipe YAML, or the name of a bundled one (default: {DEFAULT_RECIPE})")
+    g.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
+                   help="work folder of the run (default: runs/<recipe name>/)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set stages.stage1.epochs=2 (repeatable; YAML values)")
+
+
+def _add(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=summary, description=f"{summary}\n\n{description}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vcla", description="Build Chinese multimodal instruction data and train VisualCLA-style models.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    p = _add(sub, "demo-data", "Generate the synthetic shapes corpus (deterministic from a seed).",
+             "Writes images, an img2dataset URL list, VQAv2-layout questions, LLaVA json, Chinese Alpaca\n"
+             "text, a held-out evaluation split and a translation memory covering every English segment.\n"
+             "Without DIR, writes to the recipe's demo.output_dir. An up-to-date corpus is left as it is.")
+    p.add_argument("dir", nargs="?", type=Path, help="output folder (default: the recipe's demo.output_dir)")
+    p.add_argument("--num-images", type=int, default=None, help="images in all, held-out included (default 3000)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--heldout-fraction", type=float, default=None, help="share of images held out (default 0.1)")
+
+    _add(sub, "download", "Read the recipe's sources and fetch every image once with img2dataset.",
+         "Writes runs/<name>/download/: records joined to local images, rejected/, stats.json.")
+    _add(sub, "translate", "Translate English records into Chinese through an OpenAI-compatible endpoint.",
+         "Uses the translation memory first; only misses are sent. Writes runs/<name>/translate/.")
+    _add(sub, "render", "Render records into Alpaca-style templates and write Parquet shards.",
+         "Writes runs/<name>/render/: data/*.parquet, manifest.json, a Hub dataset card, rejected/.")
+    p = _add(sub, "publish", "Upload the shard folder to a Hugging Face Hub dataset repo.",
+             "The token is read from the environment variable named by publish.token_env.")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    p = _add(sub, "train", "Train the recipe's stages (stage 1 captioning, stage 2 instructions) with LoRA.",
+             "Checkpoints go to runs/<name>/train/<stage>/ in the VisualCLA release layout (safetensors).")
+    p.add_argument("--stage", default=None, help="train only this stage (default: all, in order)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the stage")
+    _add(sub, "build-and-train", "Run every stage in order: demo data, download, translate, render, train, eval.",
+         "With no arguments, runs the bundled demo recipe fully offline and prints a summary table.")
+    p = _add(sub, "chat", "Chat with a checkpoint about an image (multi-turn).",
+             "Uses the VisualCLA generation defaults (top_p 0.9, top_k 40, temperature 0.5, ...).")
+    p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
+    p.add_argument("--image", type=Path, help="image file")
+    p.add_argument("--text", help="one message; without it, an interactive session")
+    p = _add(sub, "eval", "Score short answers on a VQA-style split (exact match after normalisation).",
+             "Writes the accuracy into runs/<name>/summary.json.")
+    p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
+    p = _add(sub, "export", "Export a checkpoint: LoRA merged (VisualCLA layout) or as a llava-hf model.",
+             "llava-hf works for linear and mlp2x_gelu connectors.")
+    p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
+    p.add_argument("--format", choices=["merged", "llava-hf"], default="merged")
+    p.add_argument("--out", type=Path, help="output folder")
+    _add(sub, "serve", "Serve the recipe's schedules as Prefect deployments (runs until stopped).",
+         "Each entry of the recipe's `schedules:` becomes a deployment with its cron or interval.")
+    return parser
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from pipelines.demo.corpus import generate_demo
+    from pipelines.recipe import DemoConfig
+
+    recipe = _load(args)
+    if args.dir is None and recipe.demo is None:
+        raise RecipeError(f"{recipe.file}: demo: this recipe has no demo section; pass an output DIR")
+    flags = {"num_images": args.num_images, "seed": args.seed, "heldout_fraction": args.heldout_fraction}
+    base = recipe.demo or DemoConfig()
+    try:
+        settings = DemoConfig.model_validate(base.model_dump() | {k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        raise RecipeError(f"demo-data: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    out = args.dir or Path(base.output_dir)
+    manifest = generate_demo(out, settings)
+    counts = ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
+    print(f"demo corpus in {out}: {counts}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Recipe:
+    return load_recipe(args.recipe, args.overrides, args.run_dir)
+
+
+def _stage_command(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return stages.run_one(name, _load(args), args)
+    return run
+
+
+def _build_and_train(args: argparse.Namespace) -> int:
+    return stages.run_all(_load(args), args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "demo-data": _demo_data, "build-and-train": _build_and_train,
+    }
+    handler = handlers.get(args.command) or _stage_command(args.command)
+    try:
+        return handler(args)
+    except RecipeError as e:
+        print(f"vcla {args.command}: recipe error:\n{e}", file=sys.stderr)
+        return 2
+    except stages.NotBuilt as e:
+        print(f"vcla {args.command}: {e}", file=sys.stderr)
+        return 3
+    except stages.StageFailed as e:
+        print(f"vcla {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

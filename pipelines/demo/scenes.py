@@ -1,0 +1,168 @@
+"""The synthetic shapes world: what a scene contains and how it is drawn.
+
+A scene is 1-3 shapes, each of a distinct kind and a distinct colour, placed in distinct cells
+of a 3x3 grid over a pale (or dark) background. Distinct kinds and colours keep every question
+("what colour is the circle?", "what shape is the red one?") unambiguous, so a tiny model can
+learn the answers and an evaluation can score them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFilter
+
+# (English, Chinese, RGB). Six colours: chance on a colour question is 1/6.
+COLORS = [
+    ("red", "红色", (214, 39, 40)),
+    ("orange", "橙色", (247, 137, 20)),
+    ("yellow", "黄色", (240, 212, 30)),
+    ("green", "绿色", (44, 160, 44)),
+    ("blue", "蓝色", (31, 88, 214)),
+    ("purple", "紫色", (128, 60, 180)),
+]
+SHAPES = [
+    ("circle", "圆形"),
+    ("square", "正方形"),
+    ("triangle", "三角形"),
+    ("star", "星形"),
+    ("diamond", "菱形"),
+    ("hexagon", "六边形"),
+]
+BACKGROUNDS = [
+    ("white", "白色", (248, 248, 246)),
+    ("light gray", "浅灰色", (212, 212, 212)),
+    ("beige", "米色", (238, 226, 200)),
+    ("light blue", "浅蓝色", (214, 230, 244)),
+    ("mint", "薄荷绿色", (218, 240, 224)),
+    ("dark gray", "深灰色", (58, 58, 62)),
+]
+# Grid cell (row, col) -> position words. Row 0 is the top.
+POSITIONS = {
+    (0, 0): ("top left", "左上角"), (0, 1): ("top", "上方"), (0, 2): ("top right", "右上角"),
+    (1, 0): ("left", "左侧"), (1, 1): ("center", "中间"), (1, 2): ("right", "右侧"),
+    (2, 0): ("bottom left", "左下角"), (2, 1): ("bottom", "下方"), (2, 2): ("bottom right", "右下角"),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: int  # index into SHAPES
+    color: int  # index into COLORS
+    cell: tuple[int, int]
+
+    @property
+    def kind_en(self) -> str:
+        return SHAPES[self.kind][0]
+
+    @property
+    def kind_zh(self) -> str:
+        return SHAPES[self.kind][1]
+
+    @property
+    def color_en(self) -> str:
+        return COLORS[self.color][0]
+
+    @property
+    def color_zh(self) -> str:
+        return COLORS[self.color][1]
+
+    @property
+    def position_en(self) -> str:
+        return POSITIONS[self.cell][0]
+
+    @property
+    def position_zh(self) -> str:
+        return POSITIONS[self.cell][1]
+
+
+@dataclass(frozen=True)
+class Scene:
+    image_id: int
+    width: int
+    height: int
+    background: int  # index into BACKGROUNDS
+    shapes: tuple[Shape, ...]
+    draw_seed: int
+
+    @property
+    def background_en(self) -> str:
+        return BACKGROUNDS[self.background][0]
+
+    @property
+    def background_zh(self) -> str:
+        return BACKGROUNDS[self.background][1]
+
+
+def sample_scene(image_id: int, rng: random.Random, min_size: int = 96, max_size: int = 160) -> Scene:
+    n = rng.choice((1, 1, 2, 2, 2, 3, 3))
+    kinds = rng.sample(range(len(SHAPES)), n)
+    colors = rng.sample(range(len(COLORS)), n)
+    cells = rng.sample(sorted(POSITIONS), n)
+    shapes = tuple(Shape(k, c, cell) for k, c, cell in zip(kinds, colors, cells))
+    return Scene(
+        image_id=image_id,
+        width=rng.randint(min_size, max_size),
+        height=rng.randint(min_size, max_size),
+        background=rng.randrange(len(BACKGROUNDS)),
+        shapes=tuple(sorted(shapes, key=lambda s: s.cell)),
+        draw_seed=rng.getrandbits(32),
+    )
+
+
+def draw_scene(scene: Scene) -> Image.Image:
+    """Render a scene: a slightly tinted gradient background, then each shape in its cell."""
+    rng = random.Random(scene.draw_seed)
+    image = _background(scene, rng)
+    draw = ImageDraw.Draw(image)
+    cell_w, cell_h = scene.width / 3, scene.height / 3
+    for shape in scene.shapes:
+        row, col = shape.cell
+        radius = min(cell_w, cell_h) * rng.uniform(0.34, 0.46)
+        cx = (col + 0.5) * cell_w + rng.uniform(-0.08, 0.08) * cell_w
+        cy = (row + 0.5) * cell_h + rng.uniform(-0.08, 0.08) * cell_h
+        fill = _jitter(COLORS[shape.color][2], rng, 14)
+        _draw_shape(draw, SHAPES[shape.kind][0], (cx, cy), radius, fill, rng.uniform(-12, 12))
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(0.6))
+    return image
+
+
+def _background(scene: Scene, rng: random.Random) -> Image.Image:
+    top = _jitter(BACKGROUNDS[scene.background][2], rng, 8)
+    bottom = _jitter(BACKGROUNDS[scene.background][2], rng, 8)
+    column = Image.new("RGB", (1, scene.height))
+    for y in range(scene.height):
+        t = y / max(1, scene.height - 1)
+        column.putpixel((0, y), tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
+    return column.resize((scene.width, scene.height))
+
+
+def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> tuple[int, int, int]:
+    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, center: tuple[float, float], r: float,
+                fill: tuple[int, int, int], rotation: float) -> None:
+    cx, cy = center
+    if kind == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif kind == "square":
+        draw.regular_polygon((cx, cy, r * 1.2), 4, rotation=rotation, fill=fill)
+    elif kind == "triangle":
+        draw.regular_polygon((cx, cy, r * 1.15), 3, rotation=rotation, fill=fill)
+    elif kind == "diamond":
+        draw.polygon([(cx, cy - r * 1.1), (cx + r * 0.7, cy), (cx, cy + r * 1.1), (cx - r * 0.7, cy)], fill=fill)
+    elif kind == "hexagon":
+        draw.regular_polygon((cx, cy, r), 6, rotation=rotation, fill=fill)
+    elif kind == "star":
+        points = []
+        for i in range(10):
+            radius = r * 1.1 if i % 2 == 0 else r * 0.45
+            angle = math.radians(rotation - 90 + 36 * i)
+            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+        draw.polygon(points, fill=fill)
+    else:
+        raise ValueError(f"unknown shape kind {kind!r}")

@@ -1,0 +1,31 @@
+"""Session-wide test settings and shared fixtures.
+
+Nothing here may reach the network: the hub and Prefect are pointed at temp folders/offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home otherwise
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A 40-image demo corpus, generated once per test session (read-only for tests)."""
+    from pipelines.demo.corpus import generate_demo
+    from pipelines.recipe import DemoConfig
+
+    out = tmp_path_factory.mktemp("demo") / "corpus"
+    generate_demo(out, DemoConfig(num_images=40, seed=7))
+    return out

@@ -1,0 +1,79 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import stages
+from pipelines.cli import build_parser, main
+
+COMMANDS = ["demo-data", "download", "translate", "render", "publish", "train", "build-and-train",
+            "chat", "eval", "export", "serve"]
+
+
+def test_top_level_help_lists_every_command():
+    vcla = Path(sys.executable).parent / "vcla"  # the installed console script
+    result = subprocess.run([str(vcla), "--help"], capture_output=True, text=True, check=True)
+    for command in COMMANDS:
+        assert f"    {command}" in result.stdout
+    assert "examples:" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_help_describes_it_and_its_common_flags(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: vcla {command}" in out
+    for flag in ("--recipe PATH", "--run-dir DIR", "--set KEY=VALUE"):
+        assert flag in out
+    summary = build_parser()._subparsers._group_actions[0].choices[command].description.splitlines()[0]
+    assert len(summary) > 20 and summary in out
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c in stages._PENDING and c not in stages.IMPLEMENTED])
+def test_unbuilt_commands_fail_with_one_line(command, tmp_path, capsys):
+    code = main([command, "--run-dir", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "not built yet" in lines[0] and command in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_build_and_train_runs_built_stages_then_stops_clearly(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["build-and-train", "--run-dir", str(run), "--set", "demo.num_images=30"])
+    captured = capsys.readouterr()
+    first_unbuilt = next(s for s in stages.PIPELINE if s not in stages.IMPLEMENTED)
+    assert code == 3
+    assert f"'{first_unbuilt}' is not built yet" in captured.err
+    assert "Completed before it: demo-data" in captured.err
+    assert (run / "demo-data" / "demo_manifest.json").is_file()
+    assert len(list((run / "demo-data" / "images").glob("*.jpg"))) == 30
+
+
+def test_recipe_errors_exit_2_and_name_the_key(capsys):
+    assert main(["train", "--set", "stages.stage1.lr.defualt=1"]) == 2
+    err = capsys.readouterr().err
+    assert "demo.yaml: stages.stage1.lr.defualt: unknown key" in err
+
+
+def test_demo_data_command_writes_requested_corpus(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "c"), "--num-images", "20", "--seed", "3"]) == 0
+    assert "images=20" in capsys.readouterr().out
+    assert len(list((tmp_path / "c" / "images").glob("*.jpg"))) == 20
+
+
+def test_module_entry_point_matches_console_script():
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "download", "--run-dir", "/nonexistent/x"],
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and "not built yet" in result.stderr
+
+
+def test_demo_data_flags_are_validated(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "c"), "--num-images", "3"]) == 2
+    assert "num_images" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
