@@ -84,9 +84,11 @@ class RenderConfig(_Section):
     sft_template: str = "visualcla"
     text_per_multimodal: float = Field(1.0, ge=0, description="text-only rows per multimodal sft row (VisualCLA: ~3.7)")
     vqa_hint: str = "请用一个词或短语回答。"
+    vqa_hint_max_chars: int = Field(16, gt=0, description="a VQA answer this short gets `vqa_hint` after its question")
     validation_fraction: float = Field(0.05, ge=0, lt=1)
     shard_size_mb: int = Field(256, gt=0)
     row_group_rows: int = Field(1000, gt=0)
+    bucket_mb: int = Field(32, gt=0, description="size of one external-shuffle bucket; peak memory is a few of these")
     seed: int = 0
 
 
@@ -97,6 +99,9 @@ class PublishConfig(_Section):
     token_env: str = "HF_TOKEN"
     commit_message: str = "Upload shards with visualcla-forge"
     files_per_commit: int = Field(50, gt=0)
+    delete_stale: bool = Field(
+        True, description="delete data/*.parquet files on the Hub revision that the manifest no longer lists"
+    )
     license: str = "other"
     pretty_name: str | None = None
 
@@ -202,9 +207,12 @@ def load_recipe(
     if not isinstance(name, str) or not name:
         raise RecipeError(f"{path}: name: required (a short lowercase name; the run folder is runs/<name>)")
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / name
-    raw = _interpolate(raw, {"run_dir": str(run_dir), "recipe_dir": str(path.resolve().parent)}, path)
     try:
-        parsed = Recipe.model_validate(raw)
+        # Validate, then interpolate the full model (defaults such as translator.memory_path
+        # use ${run_dir} too), then validate the interpolated values.
+        filled = Recipe.model_validate(raw).model_dump()
+        variables = {"run_dir": str(run_dir), "recipe_dir": str(path.resolve().parent)}
+        parsed = Recipe.model_validate(_interpolate(filled, variables, path))
     except ValidationError as e:
         raise RecipeError(_format_errors(path, e)) from None
     parsed.file = path

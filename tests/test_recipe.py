@@ -129,3 +129,8 @@ def test_semantic_checks(tmp_path):
         load_recipe(write(tmp_path, MINIMAL + "sources:\n  - {name: a, kind: llava, path: x}\n  - {name: a, kind: gqa, path: y}\n", "d.yaml"))
     with pytest.raises(RecipeError, match=r"schedules\[0\]: .*exactly one of `cron` or `interval_s`"):
         load_recipe(write(tmp_path, MINIMAL + "schedules:\n  - {flow: download}\n", "s.yaml"))
+
+
+def test_defaults_are_interpolated_too(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL), run_dir=tmp_path / "run")
+    assert recipe.translator.memory_path == f"{tmp_path}/run/translation-memory.sqlite"

@@ -38,12 +38,19 @@ class TranslatorConfig(_Section):
     memory_import: list[str] = Field(default_factory=list, description="JSONL files merged into the memory first")
     glossary: dict[str, str] = Field(default_factory=dict)
     batch_segments: int = Field(32, gt=0)
+    max_batch_chars: int = Field(8000, gt=0, description="cap on the source text packed into one request")
     concurrency: int = Field(16, gt=0)
     requests_per_minute: int | None = Field(None, gt=0)
     tokens_per_minute: int | None = Field(None, gt=0)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(0.5, gt=0, description="first retry waits up to this long (full jitter)")
+    backoff_max_s: float = Field(30.0, gt=0, description="cap on one backoff wait without Retry-After")
+    max_retry_after_s: float = Field(300.0, gt=0, description="a longer Retry-After fails the request instead")
     json_mode: bool = True
+    """Ask for `response_format={"type": "json_object"}`; switched off for the run if the endpoint rejects it."""
+    temperature: float | None = Field(0.0, ge=0, le=2, description="None: do not send (models that refuse it)")
+    window_records: int = Field(2000, gt=0, description="records translated together; bounds memory")
     price: PriceConfig = Field(default_factory=PriceConfig)
     qa: QAConfig = Field(default_factory=QAConfig)
 

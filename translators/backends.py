@@ -1,0 +1,21 @@
+"""Pick a backend by `TranslatorConfig.backend`. The `openai` package is imported only when used."""
+
+from __future__ import annotations
+
+from translators.base import MemoryFirstTranslator
+from translators.config import TranslatorConfig
+from translators.memory import TranslationMemory
+
+
+def build_translator(config: TranslatorConfig, memory: TranslationMemory) -> MemoryFirstTranslator:
+    """A `Translator` for the config. Raises `TranslatorError` when it cannot run (e.g. the
+    key's environment variable is unset). Call inside the event loop that will use it."""
+    if config.backend == "memory":
+        from translators.memory_backend import MemoryTranslator
+
+        return MemoryTranslator(config, memory)
+    if config.backend == "openai":
+        from translators.openai_backend import OpenAITranslator
+
+        return OpenAITranslator(config, memory)
+    raise ValueError(f"translator.backend: unknown backend {config.backend!r} (known: memory, openai)")
