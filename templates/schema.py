@@ -3,6 +3,7 @@
 A source reader yields `Record`s; translation fills `messages` with Chinese and keeps the
 English in `messages_en`; rendering turns a record into shard rows. Records cross process
 boundaries and land in JSONL files, so they convert to and from plain dicts losslessly.
+The shard row a record becomes is described in `templates/rows.py`.
 """
 
 from __future__ import annotations

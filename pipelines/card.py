@@ -1,0 +1,219 @@
+"""What describes a shard set: `manifest.json`, the Hub dataset card `README.md`, and a
+LLaMA-Factory `dataset_info.json`.
+
+Nothing here holds a timestamp or an absolute path, so a rerun on the same input writes the
+same bytes. The card's YAML `configs` (pretrain, sft) and `dataset_info` (features, split
+sizes) come from the same `templates.rows` description as the Parquet schema, so
+`load_dataset(<folder>, "sft")` and `load_dataset("parquet", data_files=...)` agree.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.io import atomic_open, write_json
+from pipelines.shards import ShardFile
+from pipelines.stats import StageStats
+from templates.image import IMAGE_BLOCK
+from templates.registry import get_template
+from templates.rows import ROW_COLUMNS, SPLITS, yaml_features
+
+MANIFEST_FORMAT = "visualcla-forge/shards"
+MANIFEST_VERSION = 1
+PACKAGES = ("visualcla-forge", "pyarrow", "datasets", "pillow", "numpy")
+SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+
+Shards = dict[tuple[str, str], list[ShardFile]]
+
+
+def write_card_files(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StageStats) -> None:
+    manifest = build_manifest(out_dir, recipe, shards, counts, stats)
+    write_json(out_dir / "manifest.json", manifest)
+    write_json(out_dir / "dataset_info.json", llamafactory_info(recipe, shards))
+    with atomic_open(out_dir / "README.md", "w", encoding="utf-8") as f:
+        f.write(dataset_card(recipe, shards, manifest))
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _relative(out_dir: Path, shard: ShardFile) -> str:
+    return shard.path.relative_to(out_dir).as_posix()
+
+
+def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StageStats) -> dict:
+    by_split, by_source, by_task = Counter(), defaultdict(Counter), defaultdict(Counter)
+    for (stage, split, source, task), n in sorted(counts.items()):
+        by_split[f"{stage}/{split}"] += n
+        by_source[source][f"{stage}/{split}"] += n
+        by_task[task][f"{stage}/{split}"] += n
+    render = recipe.render
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "name": recipe.name,
+        "columns": list(ROW_COLUMNS),
+        "templates": {
+            "pretrain": asdict(get_template(render.pretrain_template)),
+            "sft": asdict(get_template(render.sft_template)),
+        },
+        "image_block": {"marker": IMAGE_BLOCK, "expands_to": "<img> + N x <img_token> + </img>"},
+        "shards": [
+            {"path": _relative(out_dir, f), "config": stage, "split": split, "rows": f.rows, "bytes": f.bytes,
+             "sha256": f.sha256}
+            for (stage, split), files in sorted(shards.items()) for f in files
+        ],
+        "counts": {
+            "by_stage_split": dict(sorted(by_split.items())),
+            "by_source": {k: dict(sorted(v.items())) for k, v in sorted(by_source.items())},
+            "by_task": {k: dict(sorted(v.items())) for k, v in sorted(by_task.items())},
+            "read": stats.read,
+            "rejected": dict(sorted(stats.rejected.items())),
+        },
+        "recipe": recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else None,
+        "versions": package_versions(),
+    }
+
+
+def _glob(stage: str, split: str) -> str:
+    return f"data/{stage}/{split}/*.parquet"
+
+
+def card_metadata(recipe: Any, shards: Shards) -> dict:
+    """The YAML header: licence, `configs` (only non-empty splits) and `dataset_info`."""
+    features = yaml_features()
+    configs, infos = [], []
+    for stage in ("pretrain", "sft"):
+        splits = [(split, shards[(stage, split)]) for split in SPLITS if shards.get((stage, split))]
+        if not splits:
+            continue
+        data_files = [{"split": sp, "path": _glob(stage, sp)} for sp, _ in splits]
+        configs.append({"config_name": stage, "data_files": data_files})
+        infos.append({
+            "config_name": stage,
+            "features": features,
+            "splits": [{"name": sp, "num_bytes": sum(f.bytes for f in fs), "num_examples": sum(f.rows for f in fs)}
+                       for sp, fs in splits],
+        })
+    if configs:
+        configs[-1]["default"] = True  # sft when there is one
+    publish = recipe.publish
+    meta = {"license": publish.license, "language": ["zh"], "pretty_name": publish.pretty_name or recipe.name,
+            "task_categories": ["image-to-text", "visual-question-answering"],
+            "tags": ["visualcla", "multimodal", "instruction-tuning"], "configs": configs, "dataset_info": infos}
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def llamafactory_info(recipe: Any, shards: Shards) -> dict:
+    """LLaMA-Factory `dataset_info.json` entries (sharegpt, `image` as the images column).
+
+    LLaMA-Factory loads every file of a folder as one split, which is why each (config, split)
+    has its own folder. Use: ``--dataset_dir <this folder> --dataset <name>_sft``.
+    """
+    entry = {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "image"},
+             "tags": SHAREGPT_TAGS}
+    out = {}
+    for (stage, split), files in sorted(shards.items()):
+        if files:
+            name = f"{recipe.name}_{stage}" + ("" if split == "train" else f"_{split}")
+            out[name] = {"file_name": f"data/{stage}/{split}", **entry}
+            if recipe.publish.repo_id:
+                out[f"{name}_hub"] = {"hf_hub_url": recipe.publish.repo_id, "subset": stage, "split": split, **entry}
+    return out
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes repeated feature lists out in full: no `&id001` anchors in the card header."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dataset_card(recipe: Any, shards: Shards, manifest: dict) -> str:
+    header = yaml.dump(card_metadata(recipe, shards), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
+    return f"---\n{header}---\n\n" + "\n\n".join([
+        _intro(recipe, manifest), _usage(recipe), _statistics(manifest), _lineage(), _provenance(manifest),
+    ]) + "\n"
+
+
+def _intro(recipe: Any, manifest: dict) -> str:
+    t = manifest["templates"]
+    return (
+        f"# {recipe.publish.pretty_name or recipe.name}\n\n"
+        f"{recipe.description or 'Chinese multimodal instruction data built with visualcla-forge.'}\n\n"
+        f"- `pretrain`: stage-1 captioning rows, template `{t['pretrain']['name']}`.\n"
+        f"- `sft`: stage-2 instruction rows (VQA, conversations, OCR, text-only), template `{t['sft']['name']}`.\n\n"
+        "Each row holds `turns`, a list of `{prompt, response}` already rendered with the template: "
+        "the full text is `prompt_1 + response_1 + prompt_2 + ...`, prompts are masked from the loss, "
+        "the tokenizer adds BOS before and EOS after. An image appears once in the first prompt as the "
+        f"marker `{IMAGE_BLOCK}`; a trainer replaces it with `<img>` + N x `<img_token>` + `</img>` "
+        "(N = number of connector outputs). `messages` holds the same conversation before templating, "
+        "with `<image>` leading the first user turn."
+    )
+
+
+def _usage(recipe: Any) -> str:
+    return (
+        "## Loading\n\n```python\nfrom datasets import load_dataset\n"
+        f'sft = load_dataset("path/to/this/folder", "sft", split="train")  # or the Hub repo id\n'
+        'row = sft[0]; row["image"]  # a PIL image\n```\n\n'
+        "LLaMA-Factory: `dataset_info.json` is included; train with "
+        f"`--dataset_dir <folder> --dataset {recipe.name}_sft`."
+    )
+
+
+def _table(title: str, rows: dict[str, dict[str, int]], columns: list[str]) -> str:
+    lines = [f"| {title} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, cells in rows.items():
+        lines.append(f"| {name} | " + " | ".join(str(cells.get(c, 0)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _statistics(manifest: dict) -> str:
+    counts = manifest["counts"]
+    columns = sorted(counts["by_stage_split"])
+    rejected = "\n".join(f"| {reason} | {n} |" for reason, n in counts["rejected"].items()) or "| - | 0 |"
+    return (
+        "## Statistics\n\n"
+        + _table("split", {"rows": counts["by_stage_split"]}, columns) + "\n\n"
+        + _table("source", counts["by_source"], columns) + "\n\n"
+        + _table("task", counts["by_task"], columns) + "\n\n"
+        + f"Records read: {counts['read']}. Dropped (one row each in `rejected/render.jsonl`):\n\n"
+        + "| reason | records |\n|---|---|\n" + rejected
+    )
+
+
+def _lineage() -> str:
+    return (
+        "## Lineage\n\n"
+        "Every row keeps `source`, its record `id` (a hash of source and original id), `messages_en` "
+        "(the English original), `meta` (the source's own fields, JSON) and `lineage`: `original_id`, "
+        "`image_url`, `image_sha256` (of the embedded bytes), `translator_model`, `prompt_version` and `qa` "
+        "(the translation QA verdicts, JSON). Train and validation never share an image (split by image hash)."
+    )
+
+
+def _provenance(manifest: dict) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v)
+    licence = (manifest.get("recipe") or {}).get("publish", {}).get("license", "other")
+    return (
+        "## Licence and provenance\n\n"
+        f"Licence: `{licence}`. The images and texts keep the licences of their sources; check each "
+        "source before redistribution.\n\n"
+        f"Built by visualcla-forge ({versions}). `manifest.json` lists every shard with its sha256, "
+        "the counts and the full recipe."
+    )

@@ -1,0 +1,453 @@
+"""Render: translated records -> training rows of both stages -> Parquet shards.
+
+    stats = run_render(recipe, Path("runs/demo/translate"), Path("runs/demo/render"))
+
+Blocks, in order (each counts what it kept and rejects with a reason, never raises on data):
+
+1. `read_records`: every line of ``in_dir/records/*.jsonl`` (files in name order) as a `Record`.
+2. `RowBuilder.build`: caption records become stage-1 (`pretrain`) rows with the pre-training
+   template; vqa / conversation / text records become stage-2 (`sft`) rows. The image file is
+   read, checked and embedded; the split is chosen by the image's sha256 (text rows: by id),
+   so no image is in both train and validation.
+3. Spill (`pipelines.shards.BucketSpill`) by a seeded hash of the id: the external shuffle.
+4. `plan_mix`: counts distinct multimodal and text-only sft rows per split and finds which text
+   rows to keep so that text = round(text_per_multimodal x multimodal) per split (the
+   lowest seeded hashes win), reading only small columns.
+5. `write_shards`: buckets in key order, duplicates of an id dropped (first in input order
+   wins), text rows over the ratio dropped, the rest streamed into rolling shards per
+   (stage, split).
+
+Memory is bounded by one bucket plus the writers' row-group buffers, whatever the corpus size.
+The output depends only on the input and the recipe: rerunning gives identical shard bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.card import write_card_files
+from pipelines.io import is_done, mark_done, read_json, write_json
+from pipelines.rejects import RejectWriter
+from pipelines.shards import (
+    KEY, ORDER, BucketSpill, ShardFile, ShardWriter, bucket_files, finalize, first_of_each_id, read_bucket,
+    remove_tree, sort_order, sorted_bucket,
+)
+from pipelines.stats import StageStats
+from templates.instructions import HintPolicy, InstructionError, caption_of, instruction_pairs, sharegpt_messages
+from templates.registry import get_template
+from templates.rows import LINEAGE_FIELDS, ROW_SCHEMA, SPLITS
+from templates.schema import Record
+from templates.template import Template, render_turns
+
+STAGE_NAME = "render"
+SEL, SPLIT, MIX, LOC = "_sel", "_split", "_mix", "_loc"
+HIDDEN = {KEY: pa.uint64(), SEL: pa.uint64(), SPLIT: pa.string(), MIX: pa.bool_(), ORDER: pa.int64(), LOC: pa.string()}
+"""Columns a row carries through the shuffle only: shuffle key, mix hash, split, text-only flag,
+input position, input location (for rejections)."""
+HIDDEN_COLUMNS = tuple(HIDDEN)
+SPILL_SCHEMA = pa.schema([*ROW_SCHEMA.remove_metadata(), *(pa.field(k, t) for k, t in HIDDEN.items())])
+IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
+MAX_BUCKETS = 256
+
+
+class RenderReject(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def seeded_hash(seed: int, purpose: str, value: str) -> int:
+    """A 64-bit hash of `value`, independent per seed and purpose (shuffle, mix, split)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{purpose}\x1f{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+# ---- 1. read ---------------------------------------------------------------------------------
+
+def read_records(files: list[Path], rejects: RejectWriter) -> Iterator[tuple[Record, str]]:
+    """Every record line of `files` with its location ``file:line``; bad lines are rejected."""
+    for path in files:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                loc = f"{path.name}:{lineno}"
+                try:
+                    data = json.loads(raw.decode("utf-8"))
+                    if b"\\u" in raw:  # an escaped lone surrogate parses but cannot be written as UTF-8
+                        json.dumps(data, ensure_ascii=False).encode("utf-8")
+                    record = Record.from_dict(data)
+                except (ValueError, TypeError) as e:
+                    rejects.stats.count_read(path.stem)
+                    rejects.reject(source=path.stem, reason="bad_record", detail=str(e)[:300], location=loc)
+                    continue
+                rejects.stats.count_read(record.source)
+                yield record, loc
+
+
+# ---- 2. build rows ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LoadedImage:
+    data: bytes
+    sha256: str
+    name: str
+
+
+class ImageLoader:
+    """Reads, checks and hashes image files; keeps the last few (VQA reuses an image many times)."""
+
+    def __init__(self, base: Path, cache_bytes: int = 16 << 20) -> None:
+        self.base = base
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, LoadedImage] = OrderedDict()
+        self._cached = 0
+
+    def load(self, ref: str) -> LoadedImage:
+        if ref in self._cache:
+            self._cache.move_to_end(ref)
+            return self._cache[ref]
+        image = self._read(ref)
+        self._cache[ref] = image
+        self._cached += len(image.data)
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            self._cached -= len(self._cache.popitem(last=False)[1].data)
+        return image
+
+    def resolve(self, ref: str) -> Path:
+        if ref.startswith("file://"):
+            ref = ref[len("file://"):]
+        elif "://" in ref:
+            raise RenderReject("image_not_local", f"{ref} (render needs the downloaded file)")
+        path = Path(ref)
+        if not path.is_absolute() and (self.base / path).is_file():
+            return self.base / path
+        return path
+
+    def _read(self, ref: str) -> LoadedImage:
+        path = self.resolve(ref)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise RenderReject("image_not_found", f"{path}: {e.strerror or e}") from None
+        try:
+            with Image.open(BytesIO(data)) as im:
+                fmt, size = im.format, im.size
+        except UnidentifiedImageError:
+            raise RenderReject("image_unreadable", f"{path}: not an image format Pillow can identify") from None
+        except (OSError, ValueError) as e:
+            raise RenderReject("image_unreadable", f"{path}: {e}") from None
+        if fmt not in IMAGE_FORMATS or min(size) <= 0:
+            raise RenderReject("image_unreadable", f"{path}: format {fmt} size {size}")
+        return LoadedImage(data=data, sha256=hashlib.sha256(data).hexdigest(), name=path.name)
+
+
+@dataclass
+class RowBuilder:
+    """Turns one record into one shard row (with the hidden columns the shuffle needs)."""
+
+    pretrain: Template
+    sft: Template
+    policy: HintPolicy
+    images: ImageLoader
+    seed: int = 0
+    validation_fraction: float = 0.0
+
+    def build(self, record: Record, loc: str, order: int) -> dict[str, Any]:
+        _check_field_types(record)
+        stage, template = ("pretrain", self.pretrain) if record.task == "caption" else ("sft", self.sft)
+        self._check_image_fits(record, template)
+        try:
+            pairs = [("", caption_of(record))] if stage == "pretrain" else instruction_pairs(record, self.policy)
+        except InstructionError as e:
+            raise RenderReject(e.reason, e.detail) from None
+        image = self.images.load(record.image) if record.image is not None else None
+        split_key = image.sha256 if image else record.id
+        return {
+            "id": record.id, "source": record.source, "task": record.task, "lang": record.lang,
+            "stage": stage, "template": template.name,
+            "turns": render_turns(template, pairs, image=image is not None),
+            "messages": sharegpt_messages(pairs, image is not None),
+            "messages_en": _plain_messages(record.messages_en),
+            "image": {"bytes": image.data, "path": image.name} if image else None,
+            "lineage": lineage_of(record, image),
+            "meta": json.dumps(record.meta, ensure_ascii=False, sort_keys=True, default=str),
+            KEY: seeded_hash(self.seed, "shuffle", record.id),
+            SEL: seeded_hash(self.seed, "mix", record.id),
+            SPLIT: self.split_of(split_key),
+            MIX: stage == "sft" and image is None,
+            ORDER: order, LOC: loc,
+        }
+
+    def split_of(self, key: str) -> str:
+        return "validation" if seeded_hash(self.seed, "split", key) < self.validation_fraction * 2**64 else "train"
+
+    @staticmethod
+    def _check_image_fits(record: Record, template: Template) -> None:
+        if record.task == "text" and record.image is not None:
+            raise RenderReject("image_on_text_record", f"task 'text' with image {record.image}")
+        if record.task != "text" and record.image is None:
+            raise RenderReject("missing_image", f"task {record.task!r} without an image")
+        if record.image is not None and not template.supports_image:
+            raise RenderReject("template_has_no_image_slot", f"template {template.name!r} cannot place an image")
+
+
+ORIGINAL_ID_KEYS = ("original_id", "question_id", "annotation_id", "id", "image_id")
+"""Where readers keep the source's own id in `meta` (LLaVA, VQA-style, COCO, URL lists); first found wins."""
+
+
+def lineage_of(record: Record, image: LoadedImage | None) -> dict[str, str | None]:
+    """Where a row came from: the source's id, the image URL download fetched (``meta.image_url``,
+    else the record's reference), and translation's model, prompt version and QA verdicts."""
+    meta, tr = record.meta, record.translation or {}
+    qa = tr.get("qa")
+    values = {
+        "original_id": next((meta[k] for k in ORIGINAL_ID_KEYS if meta.get(k) is not None), None),
+        "image_url": meta.get("image_url", meta.get("url", record.image)),
+        "image_sha256": image.sha256 if image else None,
+        "translator_model": tr.get("model"),
+        "prompt_version": tr.get("prompt_version"),
+        "qa": json.dumps(qa, ensure_ascii=False, sort_keys=True, default=str) if qa is not None else None,
+    }
+    return {k: (None if values[k] is None else str(values[k])) for k in LINEAGE_FIELDS}
+
+
+def _check_field_types(record: Record) -> None:
+    """Fields the Arrow row needs as strings; a wrong type here would fail a whole spill batch later."""
+    for name in ("id", "source", "lang"):
+        if not isinstance(getattr(record, name), str):
+            raise TypeError(f"{name} must be a string, got {type(getattr(record, name)).__name__}")
+    if record.image is not None and not isinstance(record.image, str):
+        raise TypeError(f"image must be a string reference, got {type(record.image).__name__}")
+
+
+def _plain_messages(messages: list[dict] | None) -> list[dict] | None:
+    if messages is None:
+        return None
+    out = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
+    if not all(isinstance(m["role"], str) and isinstance(m["content"], str) for m in out):
+        raise TypeError("messages_en: every message needs a string role and content")
+    return out
+
+
+def spill_rows(
+    records: Iterator[tuple[Record, str]], builder: RowBuilder, rejects: RejectWriter, spill: BucketSpill
+) -> int:
+    """Build every record's row into the spill; returns how many rows were spilled."""
+    n = 0
+    for order, (record, loc) in enumerate(records):
+        try:
+            row = builder.build(record, loc, order)
+        except RenderReject as e:
+            rejects.reject(source=record.source, reason=e.reason, detail=e.detail, record_id=record.id, location=loc)
+            continue
+        except (TypeError, AttributeError, KeyError) as e:  # malformed fields inside a record
+            rejects.reject(source=record.source, reason="bad_record", detail=repr(e)[:300], record_id=record.id,
+                           location=loc)
+            continue
+        spill.add(row, len(row["image"]["bytes"]) + 1024 if row["image"] else 1024)
+        n += 1
+    return n
+
+
+# ---- 4. mixing plan --------------------------------------------------------------------------
+
+@dataclass
+class MixPlan:
+    """Per split: multimodal sft rows, text rows available, and the cutoff on the mix hash."""
+
+    ratio: float
+    multimodal: Counter = field(default_factory=Counter)
+    text: Counter = field(default_factory=Counter)
+    cutoff: dict[str, int | None] = field(default_factory=dict)
+    """Keep a text row iff its mix hash < cutoff; None keeps all."""
+
+    def target(self, split: str) -> int:
+        return min(self.text[split], math.floor(self.ratio * self.multimodal[split] + 0.5))
+
+
+def plan_mix(buckets: list[Path], ratio: float) -> MixPlan:
+    """Count distinct rows per split, then find the text cutoffs with a 16-bit histogram pass
+    and one more pass over the boundary bin: exact counts without holding every hash."""
+    plan = MixPlan(ratio=ratio)
+    hist = {s: np.zeros(1 << 16, dtype=np.int64) for s in SPLITS}
+    for path in buckets:
+        t = _distinct(path)
+        for split in SPLITS:
+            in_split = pc.equal(t[SPLIT], split)
+            multimodal = pc.and_(pc.equal(t["stage"], "sft"), pc.invert(t[MIX]))
+            plan.multimodal[split] += pc.sum(pc.and_(in_split, multimodal)).as_py() or 0
+            sel = t.filter(pc.and_(in_split, t[MIX]))[SEL].to_numpy()
+            plan.text[split] += len(sel)
+            hist[split] += np.bincount(sel >> 48, minlength=1 << 16)
+    for split in SPLITS:
+        plan.cutoff[split] = _cutoff(buckets, split, hist[split], plan.target(split), plan.text[split])
+    return plan
+
+
+def _distinct(path: Path) -> pa.Table:
+    t = sorted_bucket(path, ["id", "stage", SEL, SPLIT, MIX])
+    return t.filter(pa.array(first_of_each_id(t)))
+
+
+def _cutoff(buckets: list[Path], split: str, hist: np.ndarray, k: int, available: int) -> int | None:
+    if k >= available:
+        return None
+    below = np.concatenate([[0], np.cumsum(hist)])
+    b = int(np.searchsorted(below, k, side="right")) - 1  # bin holding the k-th smallest hash
+    need = k - int(below[b])
+    if need == 0:
+        return b << 48
+    boundary = []
+    for path in buckets:
+        t = _distinct(path)
+        sel = t.filter(pc.and_(pc.equal(t[SPLIT], split), t[MIX]))[SEL].to_numpy()
+        boundary.append(sel[(sel >> 48) == b])
+    return int(np.sort(np.concatenate(boundary))[need])
+
+
+# ---- 5. write --------------------------------------------------------------------------------
+
+def write_shards(
+    buckets: list[Path], plan: MixPlan, rejects: RejectWriter, writers: dict[tuple[str, str], ShardWriter]
+) -> Counter:
+    """Stream buckets into the writers; returns row counts per (stage, split, source, task)."""
+    counts: Counter = Counter()
+    for path in buckets:
+        pa.default_memory_pool().release_unused()  # hand the last bucket's memory back: flat peak RSS
+        full = read_bucket(path)
+        order = sort_order(full)
+        t = full.drop_columns(["image"]).take(order)  # everything but the image bytes, sorted
+        first = first_of_each_id(t)
+        _reject_duplicates(t, first, rejects)
+        over = first & _over_ratio(t, plan)
+        _reject_rows(t.filter(pa.array(over)), rejects, "mix_ratio", "text-only row beyond text_per_multimodal")
+        keep = first & ~over
+        stages, splits = t["stage"].to_numpy(zero_copy_only=False), t[SPLIT].to_numpy(zero_copy_only=False)
+        for (stage, split), writer in writers.items():
+            part = full.take(order.filter(pa.array(keep & (stages == stage) & (splits == split))))
+            writer.write(part)
+            for row in part.group_by(["source", "task"]).aggregate([("id", "count")]).to_pylist():
+                counts[(stage, split, row["source"], row["task"])] += row["id_count"]
+                rejects.stats.count_kept(row["source"], row["id_count"])
+    return counts
+
+
+def _over_ratio(t: pa.Table, plan: MixPlan) -> np.ndarray:
+    """Mask of text-only rows whose mix hash is past their split's cutoff."""
+    mix, sel = t[MIX].to_numpy(zero_copy_only=False), t[SEL].to_numpy()
+    splits = t[SPLIT].to_numpy(zero_copy_only=False)
+    over = np.zeros(len(t), dtype=bool)
+    for split, cutoff in plan.cutoff.items():
+        if cutoff is not None:
+            over |= mix & (splits == split) & (sel >= np.uint64(cutoff))
+    return over
+
+
+def _reject_duplicates(t: pa.Table, first: np.ndarray, rejects: RejectWriter) -> None:
+    if first.all():
+        return
+    idx = np.arange(len(first))
+    kept_at = np.maximum.accumulate(np.where(first, idx, 0))
+    locs = t[LOC].to_pylist()
+    for i in idx[~first]:
+        rejects.reject(source=t["source"][i].as_py(), reason="duplicate_id", record_id=t["id"][i].as_py(),
+                       detail=f"same id as {locs[kept_at[i]]}", location=locs[i])
+
+
+def _reject_rows(t: pa.Table, rejects: RejectWriter, reason: str, detail: str) -> None:
+    for row in t.select(["source", "id", LOC]).to_pylist():
+        rejects.reject(source=row["source"], reason=reason, detail=detail, record_id=row["id"], location=row[LOC])
+
+
+# ---- the stage -------------------------------------------------------------------------------
+
+def estimate_buckets(files: list[Path], images: ImageLoader, bucket_bytes: int, sample: int = 64) -> int:
+    """How many spill buckets keep each near `bucket_bytes`, from line and image sizes of a sample."""
+    total = 0.0
+    for path in files:
+        sizes, lines = [], []
+        with open(path, "rb") as f:
+            for raw in f:
+                if len(lines) >= sample:
+                    break
+                lines.append(len(raw))
+                try:
+                    ref = json.loads(raw).get("image")
+                    sizes.append(images.resolve(ref).stat().st_size if ref else 0)
+                except (ValueError, OSError, AttributeError, RenderReject):
+                    sizes.append(0)
+        if lines:
+            rows = path.stat().st_size / (sum(lines) / len(lines))
+            total += rows * (2 * sum(lines) / len(lines) + sum(sizes) / len(sizes))
+    return max(1, min(MAX_BUCKETS, math.ceil(total / bucket_bytes)))
+
+
+def run_render(recipe: Any, in_dir: Path, out_dir: Path) -> StageStats:
+    """Render `in_dir/records/*.jsonl` into the shard set `out_dir`; a finished `out_dir` is kept."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if is_done(out_dir):
+        return StageStats.from_dict(read_json(out_dir / "stats.json"))
+    cfg = recipe.render
+    files = sorted((in_dir / "records").glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{in_dir / 'records'}: no *.jsonl records to render (run translate first)")
+    builder = RowBuilder(
+        pretrain=get_template(cfg.pretrain_template), sft=get_template(cfg.sft_template),
+        policy=HintPolicy(cfg.vqa_hint, cfg.vqa_hint_max_chars), images=ImageLoader(in_dir),
+        seed=cfg.seed, validation_fraction=cfg.validation_fraction,
+    )
+    work = out_dir / "_work"
+    for stale in (work, out_dir / "data"):
+        remove_tree(stale)
+    stats = StageStats(stage=STAGE_NAME)
+    bucket_bytes = cfg.bucket_mb << 20
+    with RejectWriter(out_dir / "rejected", STAGE_NAME, stats) as rejects:
+        spill = BucketSpill(work / "spill", SPILL_SCHEMA, estimate_buckets(files, builder.images, bucket_bytes))
+        spill_rows(read_records(files, rejects), builder, rejects, spill)
+        buckets = list(bucket_files(spill.close(), 2 * bucket_bytes))
+        plan = plan_mix(buckets, cfg.text_per_multimodal)
+        writers = _writers(work / "shards", cfg)
+        counts = write_shards(buckets, plan, rejects, writers)
+    shards = {key: finalize(w.close(), out_dir / "data" / key[0] / key[1], f"{key[0]}-{key[1]}")
+              for key, w in writers.items()}
+    _count_extra(stats, counts, plan, shards)
+    write_card_files(out_dir, recipe, shards, counts, stats)
+    write_json(out_dir / "stats.json", stats.to_dict())
+    remove_tree(work)
+    mark_done(out_dir, {"shards": sum(len(v) for v in shards.values())})
+    print(stats.table())
+    return stats
+
+
+def _writers(folder: Path, cfg: Any) -> dict[tuple[str, str], ShardWriter]:
+    return {
+        (stage, split): ShardWriter(
+            folder, f"{stage}-{split}", ROW_SCHEMA, shard_bytes=cfg.shard_size_mb << 20,
+            row_group_rows=cfg.row_group_rows, row_group_bytes=min(64 << 20, cfg.shard_size_mb << 20),
+        )
+        for stage in ("pretrain", "sft") for split in SPLITS
+    }
+
+
+def _count_extra(stats: StageStats, counts: Counter, plan: MixPlan, shards: dict[tuple, list[ShardFile]]) -> None:
+    for (stage, split, _source, task), n in counts.items():
+        stats.extra[f"rows_{stage}_{split}"] += n
+        stats.extra[f"rows_{stage}_{task}"] += n
+    for split in SPLITS:
+        stats.extra[f"sft_multimodal_{split}"] = plan.multimodal[split]
+    stats.extra["shards"] = sum(len(v) for v in shards.values())
+    stats.extra["shard_bytes"] = sum(f.bytes for v in shards.values() for f in v)

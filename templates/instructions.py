@@ -1,0 +1,116 @@
+"""From a record's messages to the (instruction, answer) pairs a template renders.
+
+* The ``<image>`` marker is taken out of the text (the template places the image block); it may
+  appear at most once, only in the first user message, and only if the record has an image.
+* A short VQA answer gets a hint appended to its question ("请用一个词或短语回答。"), as LLaVA-1.5
+  does in English, so the model learns when a one-word answer is wanted.
+* OCR items (``meta.kind == "ocr"``) keep their text verbatim: nothing is stripped or
+  normalised, because whitespace and case are what the model must read off the image.
+* Text that still holds a reserved string (``<img>``, ``<img_token>``, ...) is refused: the
+  tokenizer would read it as a special token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from templates.image import find_reserved
+from templates.schema import IMAGE_PLACEHOLDER, Message, Record
+
+_MARKER = re.escape(IMAGE_PLACEHOLDER)
+_MARKER_WITH_NEWLINE = re.compile(f"{_MARKER}\n|\n{_MARKER}|{_MARKER}")
+"""The marker and the one line break that set it apart (LLaVA writes "<image>\\nQ" or "Q\\n<image>")."""
+
+
+class InstructionError(ValueError):
+    """A record that cannot become instructions; `reason` is the rejection reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class HintPolicy:
+    hint: str = "请用一个词或短语回答。"
+    max_answer_chars: int = 16
+    """An answer this short (after stripping) counts as a short VQA answer."""
+
+
+def is_ocr(record: Record) -> bool:
+    return record.meta.get("kind") == "ocr"
+
+
+def instruction_pairs(record: Record, policy: HintPolicy = HintPolicy()) -> list[tuple[str, str]]:
+    """The record's conversation as (instruction, answer) pairs, ready for a template."""
+    _check_roles(record.messages)
+    _check_marker(record)
+    verbatim = is_ocr(record)
+    pairs = []
+    for i in range(0, len(record.messages), 2):
+        question = _clean(record.messages[i]["content"], verbatim)
+        answer = _clean(record.messages[i + 1]["content"], verbatim)
+        if not answer.strip():
+            raise InstructionError("empty_turn", f"message {i + 1} (assistant) is empty")
+        if not question.strip() and not (i == 0 and record.image is not None):
+            raise InstructionError("empty_turn", f"message {i} (user) is empty")
+        pairs.append((question, answer))
+    if record.task == "vqa" and len(pairs) == 1:
+        pairs[0] = (_with_hint(pairs[0][0], pairs[0][1], policy), pairs[0][1])
+    return pairs
+
+
+def caption_of(record: Record) -> str:
+    """The caption of a stage-1 record: its single answer (any user text is not used)."""
+    pairs = instruction_pairs(record)
+    if len(pairs) != 1:
+        raise InstructionError("caption_not_single_turn", f"a caption record has {len(pairs)} turns")
+    return pairs[0][1]
+
+
+def sharegpt_messages(pairs: list[tuple[str, str]], image: bool) -> list[Message]:
+    """Pairs as role/content messages, ``<image>`` leading the first user turn (LLaMA-Factory)."""
+    out: list[Message] = []
+    for i, (question, answer) in enumerate(pairs):
+        if i == 0 and image:
+            question = IMAGE_PLACEHOLDER + ("\n" + question if question else "")
+        out.append(Message(role="user", content=question))
+        out.append(Message(role="assistant", content=answer))
+    return out
+
+
+def _check_roles(messages: list[Message]) -> None:
+    if not messages or len(messages) % 2:
+        raise InstructionError("bad_roles", f"need user/assistant pairs, got {len(messages)} message(s)")
+    for i, m in enumerate(messages):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m.get("role") != want or not isinstance(m.get("content"), str):
+            raise InstructionError("bad_roles", f"message {i}: expected a {want} message with text content")
+
+
+def _check_marker(record: Record) -> None:
+    where = [i for i, m in enumerate(record.messages) for _ in range(m["content"].count(IMAGE_PLACEHOLDER))]
+    if where and record.image is None:
+        raise InstructionError("image_marker_without_image", f"{IMAGE_PLACEHOLDER} in message {where[0]}")
+    if len(where) > 1:
+        raise InstructionError("image_marker_count", f"{len(where)} {IMAGE_PLACEHOLDER} markers for one image")
+    if where and where[0] != 0:
+        raise InstructionError("image_marker_position", f"{IMAGE_PLACEHOLDER} in message {where[0]}, not the first")
+
+
+def _clean(content: str, verbatim: bool) -> str:
+    text = _MARKER_WITH_NEWLINE.sub("", content, count=1) if verbatim else content.replace(IMAGE_PLACEHOLDER, "")
+    if not verbatim:
+        text = text.strip()
+    reserved = find_reserved(text)
+    if reserved is not None:
+        raise InstructionError("reserved_token", f"the text contains {reserved!r}")
+    return text
+
+
+def _with_hint(question: str, answer: str, policy: HintPolicy) -> str:
+    if not policy.hint or len(answer.strip()) > policy.max_answer_chars or question.endswith(policy.hint):
+        return question
+    return f"{question}\n{policy.hint}" if question else policy.hint
