@@ -1,0 +1,221 @@
+"""Tiny models, real `from_pretrained`: gradients per stage, save/load, merge, resume, export, eval, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from training.checkpoint import load_merged, load_stage
+from training.config import EvalConfig, ModelConfig, StageConfig
+from training.lora import setup_stage
+from training.run import train_stage
+from training.synthetic import write_shards
+
+REPO = Path(__file__).resolve().parent.parent
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "image_size": 32, "patch_size": 8}
+LLM = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2,
+       "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 500}
+
+
+def model_cfg(**over) -> ModelConfig:
+    cfg = {"architecture": "visualcla",
+           "vision": {"kind": "clip", "image_size": 32, "init": VISION},
+           "connector": {"kind": "resampler", "num_queries": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+           "llm": {"init": LLM}}
+    for k, v in over.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
+    return ModelConfig(**cfg)
+
+
+LLAVA = dict(architecture="llava", vision={"feature_layer": -2, "keep_cls": False, "post_layernorm": False},
+             connector={"kind": "mlp2x_gelu"})
+
+
+def stage(**over) -> StageConfig:
+    base = {"data": "pretrain", "template": "none", "max_steps": 3, "batch_size": 4, "logging_steps": 1,
+            "save_steps": 2, "max_length": 96, "lr": {"default": 1e-3}, "warmup_ratio": 0.0,
+            "trainable": {"vision": "lora", "connector": "full", "llm": "lora", "embeddings": True}}
+    base.update(over)
+    return StageConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("shards"), num_images=32, row_group_rows=8)
+
+
+@pytest.fixture(scope="module")
+def visualcla_run(tmp_path_factory, shards) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    train_stage(model_cfg(), "stage1", stage(), shards, run / "train" / "stage1")
+    train_stage(model_cfg(), "stage2", stage(data="sft", template="visualcla", max_length=160), shards,
+                run / "train" / "stage2", init_from=run / "train" / "stage1")
+    return run / "train"
+
+
+def batch_for(model, n_rows=2, length=12):
+    n = model.config.num_image_tokens
+    ids = torch.randint(5, 300, (n_rows, length))
+    ids[:, 1] = model.config.image_start_token_id
+    ids[:, 2:2 + n] = model.config.image_token_id
+    ids[:, 2 + n] = model.config.image_end_token_id
+    size = model.config.vision_config.image_size
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
+            "pixel_values": torch.randn(n_rows, 3, size, size)}
+
+
+def grads_by_module(model) -> set[str]:
+    out = model(**batch_for(model))
+    out.loss.backward()
+    names = set()
+    for name, p in model.named_parameters():
+        if p.grad is not None and p.grad.abs().sum() > 0:
+            name = name.replace("base_model.model.", "")
+            kind = "lora" if "lora_" in name else "full"
+            names.add(f"{name.split('.')[0]}:{kind}" + (":embed" if "embed_tokens" in name or "lm_head" in name else ""))
+    return names
+
+
+def test_stage_folder_layout(visualcla_run):
+    s1, s2 = visualcla_run / "stage1", visualcla_run / "stage2"
+    for f in ("adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json",
+              "preprocessor_config.json", "training_args.json", "metrics.json", "stage.json"):
+        assert (s2 / f).is_file(), f
+    assert not list(s2.rglob("*.bin")) and not list(s2.glob("*.pt"))  # weights: safetensors only
+    assert (s2 / "checkpoints" / "checkpoint-2" / "trainable.safetensors").is_file()
+    assert json.loads((s2 / "config.json").read_text())["model_type"] == "visualcla"
+    from safetensors import safe_open
+
+    with safe_open(str(s2 / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    for part in ("vision_model", "text_model", "visual_resampler", "image_projection_layer", "embed_tokens", "lm_head"):
+        assert any(k.startswith("base_model.model.") and part in k for k in keys), part
+    assert json.loads((s2 / "stage.json").read_text())["init_from"] == "../stage1"
+    m = json.loads((s2 / "metrics.json").read_text())
+    assert m["steps"] == 3 and 0 <= m["padding_fraction"] < 1 and len(m["losses"]) == 3
+
+
+def test_forward_backward_shapes_and_gradients_per_stage(visualcla_run):
+    base = visualcla_run / "base"
+    model = load_merged(base)
+    b = batch_for(model)
+    out = model(**b)
+    assert out.logits.shape == (2, 12, model.text_model.config.vocab_size)
+    assert grads_by_module(setup_stage(load_merged(base), stage().trainable, stage().lora)) == {
+        "vision_model:lora", "text_model:lora", "visual_resampler:full", "image_projection_layer:full",
+        "text_model:full:embed"}
+    llava1 = stage(trainable={"vision": "frozen", "connector": "full", "projection": "full", "llm": "frozen"})
+    assert grads_by_module(setup_stage(load_merged(base), llava1.trainable, llava1.lora)) == {
+        "visual_resampler:full", "image_projection_layer:full"}
+    llava2 = stage(trainable={"vision": "frozen", "connector": "full", "projection": "full", "llm": "full"})
+    assert grads_by_module(setup_stage(load_merged(base), llava2.trainable, llava2.lora)) == {
+        "visual_resampler:full", "image_projection_layer:full", "text_model:full", "text_model:full:embed"}
+    ziya = stage(trainable={"vision": "frozen", "connector": "frozen", "projection": "full", "llm": "lora"})
+    assert grads_by_module(setup_stage(load_merged(base), ziya.trainable, ziya.lora)) == {
+        "image_projection_layer:full", "text_model:lora"}
+
+
+def test_save_load_and_merge_give_identical_logits(visualcla_run, tmp_path):
+    from training.export import export
+
+    s2 = visualcla_run / "stage2"
+    b = batch_for(load_merged(visualcla_run / "base"))
+    unmerged = load_stage(s2, merge=False).eval()
+    merged = load_stage(s2, merge=True).eval()
+    again = load_stage(s2, merge=True).eval()
+    with torch.no_grad():
+        a, m, m2 = (x(**b).logits for x in (unmerged, merged, again))
+    assert torch.equal(m, m2)  # save -> load is exact
+    torch.testing.assert_close(a, m, rtol=1e-4, atol=1e-4)  # merging LoRA changes only rounding
+    out = export(s2, "merged", tmp_path / "merged")
+    assert {"text_encoder", "vision_encoder", "connector.safetensors", "config.json", "tokenizer.json",
+            "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    with torch.no_grad():
+        assert torch.equal(load_merged(out).eval()(**b).logits, m)
+    base = load_merged(visualcla_run / "base").eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(**b).logits, m)  # training changed something
+
+
+def test_resume_gives_the_same_loss_curve(shards, tmp_path):
+    cfg, st = model_cfg(), stage(max_steps=4, save_steps=2)
+    full = train_stage(cfg, "stage1", st, shards, tmp_path / "a" / "train" / "stage1")
+    # interrupted run: stop after step 2 (checkpoint-2), then resume to step 4
+    part = train_stage(cfg, "stage1", stage(max_steps=4, save_steps=2), shards, tmp_path / "b" / "train" / "stage1",
+                       _stop_after=2)
+    resumed = train_stage(cfg, "stage1", st, shards, tmp_path / "b" / "train" / "stage1", resume=True)
+    assert resumed["resumed_from"].endswith("checkpoint-2")
+    curve = dict(part["losses"]) | dict(resumed["losses"])
+    assert [round(curve[s], 5) for s in (1, 2, 3, 4)] == [round(l, 5) for _, l in full["losses"]]
+
+
+def test_llava_hf_export_generates_the_same_greedy_tokens(shards, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from training.export import export
+
+    cfg = model_cfg(**LLAVA)
+    st = stage(trainable={"vision": "frozen", "connector": "full", "projection": "full", "llm": "lora"},
+               data="sft", template="visualcla", max_length=160, max_steps=2)
+    train_stage(cfg, "stage2", st, shards, tmp_path / "train" / "stage2")
+    ours = load_stage(tmp_path / "train" / "stage2").eval()
+    out = export(tmp_path / "train" / "stage2", "llava-hf", tmp_path / "llava")
+    theirs = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    b = batch_for(ours, n_rows=1, length=ours.config.num_image_tokens + 8)
+    kw = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    mine = ours.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"], **kw)
+    ref = theirs.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"], **kw)
+    assert mine[0].tolist() == ref[0, b["input_ids"].shape[1]:].tolist()
+
+
+def test_chat_and_evaluate(visualcla_run, tmp_path):
+    from training.chat import ChatModel, chat
+    from training.evaluate import evaluate, normalize
+    from training.synthetic import draw
+
+    bot = ChatModel.load(visualcla_run / "stage2")
+    reply, history = chat(bot, draw("红色", "圆形"), "圆形是什么颜色？", max_new_tokens=4)
+    reply2, history = chat(bot, draw("红色", "圆形"), "它是什么形状？", history, max_new_tokens=4, do_sample=False)
+    assert [h["type"] for h in history] == ["instruction", "response"] * 2 and isinstance(reply2, str)
+    corpus = tmp_path / "corpus"
+    (corpus / "images").mkdir(parents=True)
+    (corpus / "heldout").mkdir()
+    lines = []
+    for i, c in enumerate(["红色", "蓝色", "绿色"]):
+        (corpus / "images" / f"{i}.png").write_bytes(draw(c, "圆形", seed=i))
+        lines.append(json.dumps({"id": i, "image": f"images/{i}.png", "question": "圆形是什么颜色？", "answer": c}))
+    (corpus / "heldout" / "eval_zh.jsonl").write_text("\n".join(lines) + "\n")
+    m = evaluate(visualcla_run / "stage2", corpus / "heldout" / "eval_zh.jsonl", EvalConfig(batch_size=2, max_new_tokens=3),
+                 out=tmp_path / "eval")
+    assert m["n"] == 3 and 0 <= m["accuracy"] <= 1 and (tmp_path / "eval" / "eval_predictions.jsonl").is_file()
+    assert normalize(" 红色。") == normalize("红色") and normalize("Blue!") == "blue"
+
+
+@pytest.mark.slow
+def test_two_steps_under_torchrun_on_cpu(shards, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys, json\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from pathlib import Path\n"
+        "from tests.test_train_stages import model_cfg, stage\n"
+        "from training.run import train_stage\n"
+        f"m = train_stage(model_cfg(), 'stage1', stage(max_steps=2, save_steps=10), Path({str(shards)!r}), "
+        f"Path({str(tmp_path / 'train' / 'stage1')!r}))\n"
+        "print('METRICS', json.dumps({k: m[k] for k in ('steps', 'world_size', 'losses')}))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+                           str(script)], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = [json.loads(l.split("METRICS ", 1)[1]) for l in proc.stdout.splitlines() if l.startswith("METRICS")]
+    assert len(metrics) == 2 and all(m["steps"] == 2 and m["world_size"] == 2 for m in metrics)
+    assert (tmp_path / "train" / "stage1" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,160 @@
+"""From the recipe's `model:` section to a model, tokenizer and image processor.
+
+    config = visualcla_config(model_cfg, tokenizer)     # configs only (read from the paths' config.json)
+    model = build_model(model_cfg, tokenizer)           # weights from the paths, or fresh from `init`
+    with torch.device("meta"): model = VisualCLAModel(visualcla_config(model_cfg))   # sizing only
+
+Every part is either a `path` (a folder the user provides; nothing is downloaded) or `init`
+(config keyword arguments, random weights). `prepare_base` saves a model built from `init` once,
+in the merged layout, so later stages, resumes and exports load the very same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, BlipImageProcessorPil, CLIPImageProcessorPil,
+    CLIPVisionConfig, LlamaConfig,
+)
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from templates.image import ADDED_TOKENS, IMG_END, IMG_START, IMG_TOKEN
+from training.config import ModelConfig
+from training.model import VisualCLAConfig, VisualCLAModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _read_config(path: str) -> dict:
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (point the recipe's model paths at real model folders)")
+    return json.loads(file.read_text())
+
+
+def vision_config(cfg: ModelConfig):
+    v = cfg.vision
+    if v.path is None:
+        init = {"image_size": v.image_size, **v.init}
+        return (CLIPVisionConfig if v.kind == "clip" else Blip2VisionConfig)(**init)
+    raw = _read_config(v.path)
+    if "vision_config" in raw:  # a full CLIP or BLIP-2 checkpoint
+        raw = raw["vision_config"]
+        raw.setdefault("model_type", "clip_vision_model" if v.kind == "clip" else "blip_2_vision_model")
+    cls = CLIPVisionConfig if v.kind == "clip" else Blip2VisionConfig
+    raw.pop("model_type", None)
+    return cls(**raw)
+
+
+def qformer_config(cfg: ModelConfig, vision_width: int):
+    c = cfg.connector
+    if c.kind != "qformer":
+        return None
+    if c.path is not None:
+        raw = _read_config(c.path)
+        raw = dict(raw.get("qformer_config", raw))
+        raw.pop("model_type", None)
+        raw.setdefault("encoder_hidden_size", vision_width)
+        return Blip2QFormerConfig(**raw)
+    return Blip2QFormerConfig(hidden_size=c.hidden_size, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+                              intermediate_size=c.intermediate_size or 4 * c.hidden_size, encoder_hidden_size=vision_width)
+
+
+def text_config(cfg: ModelConfig, vocab_size: int | None):
+    if cfg.llm.path is None:
+        init = dict(cfg.llm.init)
+        init.setdefault("vocab_size", vocab_size)
+        return LlamaConfig(**init)
+    raw = _read_config(cfg.llm.path)
+    raw.pop("model_type", None)
+    return LlamaConfig(**raw)
+
+
+def visualcla_config(cfg: ModelConfig, tokenizer=None) -> VisualCLAConfig:
+    """The composite config. Without a tokenizer (sizing on `meta`), the vocabulary is the LLM's
+    plus the added tokens (`<img>`, `</img>`, `<img_token>`, `<pad>`) and the ids are placeholders."""
+    vision = vision_config(cfg)
+    text = text_config(cfg, len(tokenizer) if tokenizer is not None else None)
+    if tokenizer is not None:
+        text.vocab_size = max(text.vocab_size, len(tokenizer))
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ADDED_TOKENS}
+        text.pad_token_id, text.bos_token_id, text.eos_token_id = (
+            tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    else:
+        base = text.vocab_size
+        text.vocab_size = base + len(ADDED_TOKENS) + 1
+        ids = {t: base + i for i, t in enumerate(ADDED_TOKENS)}
+    connector = cfg.connector.model_dump(exclude={"path"})
+    return VisualCLAConfig(
+        vision_config=vision, text_config=text, qformer_config=qformer_config(cfg, vision.hidden_size),
+        visual_resampler_config=connector, use_visual_resampler=cfg.connector.kind == "resampler",
+        architecture=cfg.architecture, vision_feature_layer=cfg.vision.feature_layer,
+        vision_keep_cls=cfg.vision.keep_cls, vision_post_layernorm=cfg.vision.post_layernorm,
+        image_token_id=ids[IMG_TOKEN], image_start_token_id=ids[IMG_START], image_end_token_id=ids[IMG_END],
+        vision_name_or_path=cfg.vision.path, text_name_or_path=cfg.llm.path, connector_name_or_path=cfg.connector.path,
+    )
+
+
+def model_dtype(cfg: ModelConfig) -> torch.dtype | None:
+    if cfg.dtype == "auto":
+        return None
+    dtype = DTYPES[cfg.dtype]
+    if dtype == torch.bfloat16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return torch.float32  # CPU training in bf16 is slower and less exact; keep fp32 there
+    return dtype
+
+
+def build_model(cfg: ModelConfig, tokenizer, dtype: torch.dtype | None = None) -> VisualCLAModel:
+    """Weights from the paths (vision, LLM, connector) or fresh from `init`; embeddings resized
+    to the tokenizer (new rows initialised to the mean, as VisualCLA's new tokens)."""
+    config = visualcla_config(cfg, tokenizer)
+    return VisualCLAModel.from_parts(config, dtype=dtype)
+
+
+def build_image_processor(cfg: ModelConfig):
+    v = cfg.vision
+    if v.path and (Path(v.path) / "preprocessor_config.json").is_file():
+        cls = CLIPImageProcessorPil if v.kind == "clip" else BlipImageProcessorPil
+        return cls.from_pretrained(v.path)
+    s = v.image_size
+    if v.kind == "clip":
+        return CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
+    return BlipImageProcessorPil(size={"height": s, "width": s}, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+
+
+def build_tokenizer_for(cfg: ModelConfig, texts=None):
+    """The LLM's tokenizer (+ image tokens), or, for an `init` LLM, one trained on `texts`."""
+    from training.tokenizer import build_tokenizer, load_tokenizer
+
+    source = cfg.llm.tokenizer or cfg.llm.path
+    if source:
+        return load_tokenizer(source)
+    if texts is None:
+        raise ValueError("an `init` LLM without `llm.tokenizer` needs texts to train a tokenizer on")
+    vocab = int((cfg.llm.init or {}).get("vocab_size") or 2000)
+    return build_tokenizer(texts, vocab_size=vocab)
+
+
+def prepare_base(cfg: ModelConfig, base_dir: Path, texts=None, seed: int = 0) -> Path:
+    """For a model built (partly) from `init`: build it once and save it in the merged layout
+    (`vision_encoder/`, `text_encoder/`, `connector.safetensors`, tokenizer, processor), so every
+    later stage, resume and export loads the same weights with `from_pretrained`. Idempotent."""
+    from training.checkpoint import save_merged
+
+    base_dir = Path(base_dir)
+    if (base_dir / "config.json").is_file():
+        return base_dir
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer_for(cfg, texts() if callable(texts) else texts)
+    model = build_model(cfg, tokenizer, model_dtype(cfg))
+    save_merged(model, tokenizer, build_image_processor(cfg), base_dir)
+    return base_dir
+
+
+def image_processor_from(folder: Path, config) -> object:
+    """The image processor saved in a checkpoint folder (PIL backend: no torchvision needed)."""
+    cls = CLIPImageProcessorPil if config.vision_config.model_type == "clip_vision_model" else BlipImageProcessorPil
+    return cls.from_pretrained(str(folder))

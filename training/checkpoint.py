@@ -1,0 +1,171 @@
+"""Stage folders (VisualCLA release layout), the merged layout, and loading either back.
+
+A stage folder (`runs/<name>/train/<stage>/`):
+
+    adapter_config.json, adapter_model.safetensors   LoRA of both encoders + modules to save (peft)
+    non_lora_trainables.safetensors                   modules trained in full outside peft (if any)
+    config.json                                       VisualCLAConfig (model_type "visualcla")
+    tokenizer files, preprocessor_config.json
+    stage.json                                        base, init_from, template, trainable, recipe
+    training_args.json, metrics.json
+
+`stage.json` names where the frozen weights come from (`base`: a merged folder, or null when the
+config's `*_name_or_path` point at the user's model folders) and `init_from` (the previous
+stage, relative to this folder). Loading a stage = its base, then each earlier stage merged in
+order, then its own weights. The merged layout (`save_merged`) is what `export --format merged`
+writes and what `prepare_base` writes for models built from `init`:
+
+    config.json, vision_encoder/, text_encoder/, connector.safetensors, tokenizer, preprocessor_config.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.model import VisualCLAConfig, VisualCLAModel
+
+STAGE_FILE = "stage.json"
+NON_LORA = "non_lora_trainables.safetensors"
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    os.replace(tmp, path)
+
+
+# ---- merged layout ------------------------------------------------------------------------
+
+def save_merged(model: VisualCLAModel, tokenizer, processor, out: Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.vision_model.save_pretrained(out / "vision_encoder")
+    model.text_model.save_pretrained(out / "text_encoder")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if k.startswith(("visual_resampler.", "image_projection_layer."))}
+    save_file(state, str(out / "connector.safetensors"), metadata={"format": "pt"})
+    config = VisualCLAConfig.from_dict(model.config.to_dict())
+    config.vision_name_or_path, config.text_name_or_path = "vision_encoder", "text_encoder"
+    config.connector_name_or_path = "."
+    config.text_config.vocab_size = model.text_model.config.vocab_size
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def merged_config(folder: Path) -> VisualCLAConfig:
+    folder = Path(folder)
+    config = VisualCLAConfig.from_pretrained(folder)
+    config.vision_name_or_path = str(folder / "vision_encoder")
+    config.text_name_or_path = str(folder / "text_encoder")
+    config.connector_name_or_path = str(folder)
+    return config
+
+
+def load_merged(folder: Path, dtype: torch.dtype | None = None) -> VisualCLAModel:
+    return VisualCLAModel.from_parts(merged_config(folder), dtype=dtype)
+
+
+def is_merged(folder: Path) -> bool:
+    return (Path(folder) / "text_encoder").is_dir() and (Path(folder) / "connector.safetensors").is_file()
+
+
+# ---- stage folders ------------------------------------------------------------------------
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_stage(model, out: Path, *, config: VisualCLAConfig, tokenizer, processor, meta: dict) -> Path:
+    """Write the stage folder (see the module docstring); `model` is the trained (peft) model."""
+    from peft import PeftModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lora_names: set[str] = set()
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out, safe_serialization=True)
+        lora_names = {n for n, _ in model.named_parameters() if "lora_" in n or "modules_to_save" in n}
+        base = model.get_base_model()
+        prefix = "base_model.model."
+    else:
+        base, prefix = model, ""
+    rest = {n[len(prefix):]: t for n, t in trainable_state(model).items() if n not in lora_names}
+    if rest:
+        save_file(rest, str(out / NON_LORA), metadata={"format": "pt"})
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    _atomic_json(out / STAGE_FILE, meta)
+    del base
+    return out
+
+
+def read_stage(folder: Path) -> dict:
+    return json.loads((Path(folder) / STAGE_FILE).read_text())
+
+
+def load_stage(folder: Path, dtype: torch.dtype | None = None, merge: bool = True):
+    """The model a stage folder describes. merge=True: a plain VisualCLAModel with every LoRA merged;
+    merge=False: the last stage's adapter stays a PeftModel (earlier stages merged)."""
+    folder = Path(folder)
+    if is_merged(folder) and not (folder / STAGE_FILE).is_file():
+        return load_merged(folder, dtype)
+    meta = read_stage(folder)
+    if meta.get("init_from"):
+        model = load_stage((folder / meta["init_from"]).resolve(), dtype, merge=True)
+    elif meta.get("base"):
+        model = load_merged(Path(meta["base"]), dtype)
+    else:
+        model = VisualCLAModel.from_parts(VisualCLAConfig.from_pretrained(folder), dtype=dtype)
+    return apply_stage(model, folder, merge=merge)
+
+
+def apply_stage(model: VisualCLAModel, folder: Path, merge: bool = True, trainable: bool = False):
+    folder = Path(folder)
+    if (folder / NON_LORA).is_file():
+        missing, unexpected = model.load_state_dict(load_file(str(folder / NON_LORA)), strict=False)
+        if unexpected:
+            raise ValueError(f"{folder / NON_LORA}: tensors the model does not have: {unexpected[:3]}")
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+        if merge:
+            model = model.merge_and_unload()
+    return model
+
+
+def load_for_inference(folder: Path, dtype: torch.dtype | None = None):
+    """(model, tokenizer, image processor, template name) of a stage or merged folder, in eval mode."""
+    from transformers import AutoTokenizer
+
+    from training.build import image_processor_from
+
+    folder = Path(folder)
+    model = load_stage(folder, dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    meta = read_stage(folder) if (folder / STAGE_FILE).is_file() else {}
+    template = meta.get("template") or _template_from(folder)
+    return model, tokenizer, image_processor_from(folder, model.config), template
+
+
+def _template_from(folder: Path) -> str:
+    file = Path(folder) / "chat_template.json"
+    if file.is_file():
+        return json.loads(file.read_text()).get("template", "visualcla")
+    return "visualcla"
+
+
+def find_stage(run_train_dir: Path, name: str) -> Path:
+    """A stage's checkpoint inside the run folder (`train/<name>/`), which must be complete."""
+    folder = Path(run_train_dir) / name
+    if not (folder / STAGE_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: stage {name!r} has no finished checkpoint (train it first)")
+    return folder

@@ -1,0 +1,286 @@
+"""Shard rows -> token ids + labels -> length-grouped batches, streamed.
+
+Blocks, each with one job:
+
+* `encode_turns`: a row's rendered `turns` -> `input_ids`, `labels`. BOS + prompt_1 + response_1
+  + ... + response_n + EOS; each segment is tokenised on its own (so label boundaries are exact
+  and chat sees the same prompt tokens); the image block of prompt_1 becomes `<img>` + N x
+  `<img_token>` + `</img>` (`templates.expand_image_block`). Labels are -100 on BOS, prompts
+  (image tokens included) and padding; responses + the final EOS are trained. Truncation drops
+  whole later turns, may shorten the last kept response, and never cuts prompt_1 (where the image
+  block is): a row whose first prompt does not fit is skipped and counted.
+* `shard_units` / `assign_units`: a shard set as (file, row group, slice) units; each rank and
+  each dataloader worker reads only its own units (`units[consumer::consumers]`), reshuffled
+  per pass with a seed, so the order is reproducible and `--resume` replays it.
+* `ShardStream`: an `IterableDataset` of ready batches. A buffer of examples is shuffled, then
+  (length grouping) sorted by length and cut into batches whose order is shuffled again; every
+  consumer yields exactly its quota of batches (passes repeat its units), so ranks stay in step.
+* `Collator`: right padding, `pixel_values` for the rows that have an image (or cached
+  `image_features`), and the padding count the trainer logs as `padding_fraction`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from templates.image import IMAGE_BLOCK, expand_image_block
+
+IGNORE = -100
+COLUMNS = ["id", "turns", "image"]
+
+
+# ---- tokenisation + masking ---------------------------------------------------------------
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+def encode_turns(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: int, max_length: int) -> Encoded | None:
+    """Token ids and labels of one rendered conversation (None: the first prompt does not fit)."""
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    labels = [IGNORE] * len(ids)
+    truncated = False
+    for i, turn in enumerate(turns):
+        prompt = turn["prompt"]
+        if i == 0:
+            prompt = expand_image_block(prompt, num_image_tokens, expected=1 if image else 0)
+        elif IMAGE_BLOCK in prompt:
+            raise ValueError(f"turn {i}: an image block outside the first prompt")
+        p = tokenizer.encode(prompt, add_special_tokens=False)
+        r = tokenizer.encode(turn["response"], add_special_tokens=False)
+        if i == len(turns) - 1:
+            r.append(tokenizer.eos_token_id)
+        room = max_length - len(ids) - len(p)
+        if room <= 0:  # the prompt does not fit (with at least one answer token)
+            if i == 0:
+                return None
+            truncated = True
+            break
+        if len(r) > room:
+            r, truncated = r[:room], True
+        ids += p + r
+        labels += [IGNORE] * len(p) + r
+        if truncated:
+            break
+    return Encoded(ids, labels, truncated)
+
+
+def prompt_ids(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: int) -> list[int]:
+    """Token ids a model continues at chat/eval time: every turn as in training (each segment on
+    its own), the last turn's (empty) response left for the model to write."""
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for i, turn in enumerate(turns):
+        prompt = turn["prompt"]
+        if i == 0:
+            prompt = expand_image_block(prompt, num_image_tokens, expected=1 if image else 0)
+        ids += tokenizer.encode(prompt, add_special_tokens=False)
+        if i < len(turns) - 1:
+            ids += tokenizer.encode(turn["response"], add_special_tokens=False)
+    return ids
+
+
+# ---- shards -> units -> consumers ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    file: str
+    row_group: int
+    rows: int
+    slice: int = 0
+    slices: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{Path(self.file).stem}.rg{self.row_group}.s{self.slice}of{self.slices}"
+
+
+def stage_files(shards_dir: Path, stage: str, split: str = "train") -> list[Path]:
+    """The Parquet shards of one stage and split (render's `data/<stage>/<split>/` layout)."""
+    shards_dir = Path(shards_dir)
+    for folder in (shards_dir / "data" / stage / split, shards_dir / stage / split):
+        files = sorted(folder.glob("*.parquet"))
+        if files:
+            return files
+    files = sorted(p for p in shards_dir.rglob("*.parquet") if f"{stage}-{split}" in p.name)
+    if not files:
+        raise FileNotFoundError(f"{shards_dir}: no {stage}/{split} Parquet shards (run render first)")
+    return files
+
+
+def shard_units(files: list[Path], consumers: int = 1) -> list[Unit]:
+    """Every (file, row group) of the shards, split into row slices if there are fewer units than consumers."""
+    import pyarrow.parquet as pq
+
+    units = []
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        units += [Unit(str(f), g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
+                  if meta.row_group(g).num_rows]
+    if units and len(units) < consumers:
+        k = math.ceil(consumers / len(units))
+        units = [Unit(u.file, u.row_group, len(range(s, u.rows, k)), s, k) for u in units for s in range(k)]
+    return units
+
+
+def assign_units(units: list[Unit], consumer: int, consumers: int, seed: int, pass_: int) -> list[Unit]:
+    """This consumer's units for one pass: a seeded shuffle of its fixed share."""
+    mine = units[consumer::consumers]
+    rng = random.Random(f"{seed}:{consumer}:{pass_}")
+    rng.shuffle(mine)
+    return mine
+
+
+def read_unit(unit: Unit, columns: list[str] = COLUMNS) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=columns).to_pylist()
+    return rows[unit.slice::unit.slices]
+
+
+# ---- the stream ---------------------------------------------------------------------------
+
+@dataclass
+class StreamConfig:
+    batch_size: int
+    max_length: int
+    num_image_tokens: int
+    batches_per_rank: int
+    length_grouping: bool = True
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    buffer_batches: int = 32
+    feature_cache: Path | None = None
+
+
+class ShardStream(IterableDataset):
+    """Ready batches from this rank's (and this worker's) shard units; see the module docstring."""
+
+    def __init__(self, units: list[Unit], tokenizer, collator: "Collator", cfg: StreamConfig) -> None:
+        self.units, self.tokenizer, self.collator, self.cfg = units, tokenizer, collator, cfg
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        cfg = self.cfg
+        consumer, consumers = cfg.rank * workers + worker, cfg.world_size * workers
+        quota = cfg.batches_per_rank // workers + int(worker < cfg.batches_per_rank % workers)
+        rng = random.Random(f"{cfg.seed}:batches:{consumer}")
+        yielded, pass_ = 0, 0
+        while yielded < quota:
+            produced = False
+            for batch in self._batches(assign_units(self.units, consumer, consumers, cfg.seed, pass_), rng):
+                produced = True
+                yield batch
+                yielded += 1
+                if yielded >= quota:
+                    return
+            if not produced:
+                raise RuntimeError(f"consumer {consumer}: no usable rows in its {len(self.units)} unit(s)")
+            pass_ += 1
+
+    def examples(self, units: list[Unit]) -> Iterator[dict[str, Any]]:
+        cfg = self.cfg
+        for unit in units:
+            rows = read_unit(unit)
+            features = self._cached_features(unit) if cfg.feature_cache else None
+            for i, row in enumerate(rows):
+                has_image = row["image"] is not None and row["image"].get("bytes") is not None
+                enc = encode_turns(self.tokenizer, row["turns"], image=has_image,
+                                   num_image_tokens=cfg.num_image_tokens, max_length=cfg.max_length)
+                if enc is None:
+                    self.skipped += 1
+                    continue
+                ex = {"input_ids": enc.input_ids, "labels": enc.labels}
+                if has_image:
+                    if features is not None:
+                        ex["image_features"] = features[i]
+                    else:
+                        ex["image"] = row["image"]["bytes"]
+                yield ex
+
+    def _batches(self, units: list[Unit], rng: random.Random) -> Iterator[dict[str, torch.Tensor]]:
+        cfg, size = self.cfg, self.cfg.batch_size
+        buffer: list[dict] = []
+        for ex in self.examples(units):
+            buffer.append(ex)
+            if len(buffer) >= size * cfg.buffer_batches:
+                yield from self._flush(buffer, rng, final=False)
+        yield from self._flush(buffer, rng, final=True)
+
+    def _flush(self, buffer: list[dict], rng: random.Random, final: bool) -> Iterator[dict[str, torch.Tensor]]:
+        size = self.cfg.batch_size
+        rng.shuffle(buffer)
+        if self.cfg.length_grouping:
+            buffer.sort(key=lambda e: len(e["input_ids"]))
+        n_full = len(buffer) // size
+        batches = [buffer[i * size:(i + 1) * size] for i in range(n_full)]
+        rest = buffer[n_full * size:]
+        if final and rest:
+            batches.append(rest)
+        rng.shuffle(batches)
+        buffer[:] = [] if final else rest
+        for b in batches:
+            yield self.collator(b)
+
+    def _cached_features(self, unit: Unit) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        path = Path(self.cfg.feature_cache) / f"{unit.key}.safetensors"
+        return load_file(str(path))["features"]
+
+
+# ---- collation ----------------------------------------------------------------------------
+
+@dataclass
+class Collator:
+    pad_token_id: int
+    image_processor: Any = None
+    pad_to_multiple_of: int = 1
+    stats: dict = field(default_factory=lambda: {"tokens": 0, "padding": 0})
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n = len(examples)
+        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE, dtype=torch.long)
+        attention_mask = torch.zeros((n, longest), dtype=torch.long)
+        for i, e in enumerate(examples):
+            k = len(e["input_ids"])
+            input_ids[i, :k] = torch.tensor(e["input_ids"])
+            labels[i, :k] = torch.tensor(e["labels"])
+            attention_mask[i, :k] = 1
+        real = int(attention_mask.sum())
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                 "padding_stats": torch.tensor([n * longest - real, n * longest])}
+        if any("image_features" in e for e in examples):
+            batch["image_features"] = torch.stack([e["image_features"] for e in examples if "image_features" in e])
+        images = [e["image"] for e in examples if "image" in e]
+        if images:
+            batch["pixel_values"] = self.process(images)
+        return batch
+
+    def process(self, images: list) -> torch.Tensor:
+        from PIL import Image
+
+        pil = [Image.open(io.BytesIO(b)).convert("RGB") if isinstance(b, (bytes, bytearray)) else b.convert("RGB")
+               for b in images]
+        return self.image_processor(images=pil, return_tensors="pt")["pixel_values"]
+
+
+def count_rows(units: list[Unit]) -> int:
+    return sum(u.rows for u in units)

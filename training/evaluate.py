@@ -1,0 +1,91 @@
+"""Short-answer accuracy on a VQA-style JSONL split: exact match after normalisation.
+
+    metrics = evaluate(Path("runs/demo/train/stage2"), Path("runs/demo/demo-data/heldout/eval_zh.jsonl"), EvalConfig())
+
+Each line is ``{image, question, answer, ...}``; `image` is relative to the corpus folder (the
+JSONL's grandparent, as in `DIR/heldout/eval_zh.jsonl`) or to the JSONL's own folder. The
+question gets the same short-answer hint the renderer appends to VQA questions
+(`templates.instructions.HintPolicy`), decoding is greedy, and the answer is cut at the
+template's stop string. Predictions are written next to the metrics when `out` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+import torch
+
+from templates.instructions import HintPolicy
+from training.chat import ChatModel, build_prompt, cut_at_stop
+from training.config import EvalConfig
+
+_PUNCT = re.compile(r"[\s\.,!?;:，。！？；：、\"'“”‘’()（）\[\]【】]+")
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower().strip()
+    text = _PUNCT.sub(" ", text).strip()
+    return re.sub(r"\s+", " ", text)
+
+
+def read_split(split: Path, limit: int | None = None) -> list[dict]:
+    items = []
+    with open(split, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                items.append(json.loads(line))
+                if limit and len(items) >= limit:
+                    break
+    return items
+
+
+def resolve_image(split: Path, ref: str) -> Path:
+    for base in (split.parent.parent, split.parent):
+        if (base / ref).is_file():
+            return base / ref
+    raise FileNotFoundError(f"{split}: image {ref!r} not found next to the split or its corpus folder")
+
+
+@torch.no_grad()
+def evaluate(checkpoint: Path, split: Path, cfg: EvalConfig = EvalConfig(), out: Path | None = None,
+             bot: ChatModel | None = None) -> dict:
+    split = Path(split)
+    bot = bot or ChatModel.load(checkpoint)
+    tok = bot.tokenizer
+    hint = HintPolicy().hint
+    items = read_split(split, cfg.limit)
+    correct, predictions = 0, []
+    for s in range(0, len(items), cfg.batch_size):
+        batch = items[s:s + cfg.batch_size]
+        prompts = [build_prompt(bot, f"{it['question']}\n{hint}", [], True) for it in batch]
+        width = max(map(len, prompts))  # left padding, so every prompt ends where generation starts
+        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        out_ids = bot.model.generate(
+            input_ids=ids.to(bot.model.device), attention_mask=mask.to(bot.model.device),
+            pixel_values=bot.pixel_values([resolve_image(split, it["image"]) for it in batch]),
+            max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        for it, o in zip(batch, out_ids):
+            pred = cut_at_stop(tok.decode(o, skip_special_tokens=True), bot.template).split("\n")[0]
+            ok = normalize(pred) == normalize(it["answer"])
+            correct += ok
+            predictions.append({"id": it.get("id"), "question": it["question"], "answer": it["answer"],
+                                "prediction": pred, "correct": bool(ok)})
+    metrics = {"accuracy": correct / max(1, len(items)), "n": len(items), "correct": correct,
+               "checkpoint": str(checkpoint), "split": str(split)}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_predictions.jsonl").write_text(
+            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+        (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["examples"] = predictions[:5]
+    return metrics

@@ -1,0 +1,103 @@
+"""What a stage trains: LoRA, full modules, frozen modules, and a learning rate per module group.
+
+    model = setup_stage(model, stage_cfg.trainable, stage_cfg.lora)
+    groups = param_groups(model, stage_cfg)           # connector / vision / llm, each with its lr
+
+| recipe                      | LoRA (peft)              | trained in full                                   |
+|-----------------------------|--------------------------|---------------------------------------------------|
+| VisualCLA (both stages)     | CLIP q/k/v/out, LLaMA q/k/v/o | resampler, projection, embed_tokens, lm_head |
+| LLaVA stage 1               | -                        | projector                                         |
+| LLaVA stage 2               | LLaMA (or `llm: full`)   | projector                                         |
+| Ziya                        | optional, LLaMA          | projection (ViT + Q-Former frozen)                |
+
+Connector, projection and embeddings are peft `modules_to_save` (so `adapter_model.safetensors`
+holds them in full, as the VisualCLA release does); a vision tower or LLM trained in full is not
+wrapped and is saved in `non_lora_trainables.safetensors` (LLaVA's name for the same thing).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from training.config import LearningRates, LoraConfig, TrainableConfig
+
+CONNECTOR = ("visual_resampler", "image_projection_layer")
+
+
+def lora_target_regex(trainable: TrainableConfig, lora: LoraConfig) -> str | None:
+    parts = []
+    if trainable.vision == "lora":
+        parts.append(rf"vision_model\..*\.({'|'.join(lora.vision_targets)})")
+    if trainable.llm == "lora":
+        parts.append(rf"text_model\..*\.({'|'.join(lora.llm_targets)})")
+    return "|".join(f"(?:{p})" for p in parts) or None
+
+
+def full_modules(trainable: TrainableConfig) -> tuple[list[str], list[str]]:
+    """(modules_to_save names, other module prefixes trained in full)."""
+    save = []
+    if trainable.connector == "full":
+        save.append("visual_resampler")
+    if trainable.projection == "full":
+        save.append("image_projection_layer")
+    if trainable.embeddings and trainable.llm != "full":
+        save += ["embed_tokens", "lm_head"]
+    other = [name for name, mode in (("vision_model", trainable.vision), ("text_model", trainable.llm)) if mode == "full"]
+    return save, other
+
+
+def setup_stage(model: nn.Module, trainable: TrainableConfig, lora: LoraConfig) -> nn.Module:
+    """Freeze everything, then open what the stage trains. Returns a PeftModel when LoRA is used."""
+    model.requires_grad_(False)
+    save, other = full_modules(trainable)
+    regex = lora_target_regex(trainable, lora)
+    if regex is not None:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=regex,
+                                modules_to_save=save or None, bias="none")
+        model = get_peft_model(model, config)
+    else:
+        for name, module in model.named_modules():
+            if name.split(".")[-1] in save:
+                module.requires_grad_(True)
+    base = model.get_base_model() if regex is not None else model
+    for name in other:
+        getattr(base, name).requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("this stage trains nothing: every module is frozen")
+    return model
+
+
+def group_of(name: str) -> str:
+    if any(part in name for part in CONNECTOR):
+        return "connector"
+    if "vision_model" in name:
+        return "vision"
+    return "llm"
+
+
+def param_groups(model: nn.Module, lr: LearningRates, weight_decay: float) -> list[dict]:
+    """Optimizer groups per module group (connector, vision, llm) x (decay, no decay)."""
+    rates = {"connector": lr.connector or lr.default, "vision": lr.vision or lr.default, "llm": lr.llm or lr.default}
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and "norm" not in name.lower() and "embed" not in name
+        groups.setdefault((group_of(name), decay), []).append(p)
+    return [{"params": ps, "lr": rates[g], "weight_decay": weight_decay if decay else 0.0, "name": f"{g}"}
+            for (g, decay), ps in sorted(groups.items())]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable), counting each tensor once."""
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable

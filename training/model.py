@@ -1,0 +1,245 @@
+"""The model: vision encoder -> connector -> projection -> LLaMA, one class for all three presets.
+
+    config = VisualCLAConfig(vision_config=..., text_config=..., visual_resampler_config={...})
+    model = VisualCLAModel(config)                        # random weights (meta device for sizing)
+    model = VisualCLAModel.from_parts(config)             # weights from the *_name_or_path folders
+
+Attribute names follow the VisualCLA release (`vision_model`, `text_model`, `visual_resampler`,
+`image_projection_layer`), so adapter keys read `base_model.model.text_model...` as theirs do.
+An image enters the text as `<img>` + N x `<img_token>` + `</img>`; `forward` overwrites the N
+`<img_token>` embeddings with the projected connector outputs, image by image in batch order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig, Blip2QFormerModel, Blip2VisionModel, CLIPVisionModel, LlamaForCausalLM, PreTrainedConfig,
+    PreTrainedModel,
+)
+from transformers.configuration_utils import SubConfigSpec
+
+from training.connectors import build_connector, num_image_tokens
+
+VISION_CLASSES = {"clip_vision_model": CLIPVisionModel, "blip_2_vision_model": Blip2VisionModel}
+
+
+class VisualCLAConfig(PreTrainedConfig):
+    model_type = "visualcla"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        "qformer_config": SubConfigSpec(config_class=AutoConfig, model_type="blip_2_qformer", optional=True),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
+    visual_resampler_config: dict | None = None
+    """The connector: {kind, num_queries, hidden_size, num_layers, num_heads, intermediate_size}."""
+    use_visual_resampler: bool = True
+    architecture: str = "visualcla"
+    vision_feature_layer: int = -1
+    vision_keep_cls: bool = True
+    vision_post_layernorm: bool = True
+    image_token_id: int | None = None
+    image_start_token_id: int | None = None
+    image_end_token_id: int | None = None
+    vision_name_or_path: str | None = None
+    text_name_or_path: str | None = None
+    connector_name_or_path: str | None = None
+    tie_word_embeddings: bool = False
+
+    @property
+    def connector_kind(self) -> str:
+        return (self.visual_resampler_config or {}).get("kind", "resampler")
+
+    @property
+    def vision_tokens(self) -> int:
+        v = self.vision_config
+        return (v.image_size // v.patch_size) ** 2 + int(self.vision_keep_cls)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return num_image_tokens(self.connector_kind, self.visual_resampler_config or {}, self.vision_tokens)
+
+
+class VisualCLAModel(PreTrainedModel):
+    config_class = VisualCLAConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "Blip2EncoderLayer"]
+
+    def __init__(self, config: VisualCLAConfig, vision_model=None, text_model=None) -> None:
+        super().__init__(config)
+        vision_cls = VISION_CLASSES[config.vision_config.model_type]
+        self.vision_model = vision_model if vision_model is not None else vision_cls(config.vision_config)
+        self.text_model = text_model if text_model is not None else LlamaForCausalLM(config.text_config)
+        text_width = config.text_config.hidden_size
+        self.visual_resampler, width = build_connector(
+            config.connector_kind, config.vision_config.hidden_size, text_width,
+            config.visual_resampler_config or {}, config.qformer_config,
+        )
+        self.image_projection_layer = nn.Linear(width, text_width)
+        self._init_connector()
+
+    def _init_connector(self) -> None:
+        std = 0.02
+        for module in [*self.visual_resampler.modules(), self.image_projection_layer]:
+            if isinstance(module, Blip2QFormerModel):
+                break  # pretrained; its own init already ran
+            if isinstance(module, nn.Linear) and module.weight.device.type != "meta":
+                nn.init.normal_(module.weight, std=std)
+                nn.init.zeros_(module.bias)
+
+    def _init_weights(self, module: nn.Module) -> None:  # sub-models initialise themselves
+        pass
+
+    # ---- building -------------------------------------------------------------------------
+
+    @classmethod
+    def from_parts(cls, config: VisualCLAConfig, dtype: torch.dtype | None = None) -> "VisualCLAModel":
+        """Vision and LLM from their folders (`from_pretrained`), connector weights from theirs."""
+        vision_model = text_model = None
+        if config.vision_name_or_path:
+            vision_model = load_vision(config, dtype)
+        if config.text_name_or_path:
+            text_model = LlamaForCausalLM.from_pretrained(config.text_name_or_path, dtype=dtype)
+        if text_model is not None:
+            resize_embeddings(text_model, config.text_config.vocab_size)
+        model = cls(config, vision_model=vision_model, text_model=text_model)
+        if config.connector_name_or_path:
+            load_connector_weights(model, Path(config.connector_name_or_path))
+        if dtype is not None:
+            model.to(dtype)
+        return model
+
+    # ---- forward --------------------------------------------------------------------------
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The features the connector sees: chosen layer, post-LN or not, CLS kept or not."""
+        cfg = self.config
+        blip2 = cfg.vision_config.model_type == "blip_2_vision_model"
+        last = cfg.vision_feature_layer in (-1, cfg.vision_config.num_hidden_layers)
+        want_hidden = not last or (blip2 and not cfg.vision_post_layernorm)
+        pixel_values = pixel_values.to(self.vision_model.dtype)
+        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=want_hidden)
+        if want_hidden:
+            h, normed = out.hidden_states[cfg.vision_feature_layer], False
+        else:
+            h, normed = out.last_hidden_state, blip2  # BLIP-2 applies its post-LN to last_hidden_state
+        if cfg.vision_post_layernorm and not normed:
+            inner = getattr(self.vision_model, "vision_model", self.vision_model)
+            h = inner.post_layernorm(h)
+        return h if cfg.vision_keep_cls else h[:, 1:]
+
+    def image_embeddings(self, pixel_values=None, image_features=None) -> torch.Tensor:
+        if image_features is None:
+            image_features = self.vision_features(pixel_values)
+        image_features = image_features.to(self.image_projection_layer.weight.dtype)
+        return self.image_projection_layer(self.visual_resampler(image_features))
+
+    def embed(self, input_ids, pixel_values=None, image_features=None) -> torch.Tensor:
+        embeds = self.text_model.get_input_embeddings()(input_ids)
+        if pixel_values is None and image_features is None:
+            return embeds
+        images = self.image_embeddings(pixel_values, image_features)
+        slots = input_ids == self.config.image_token_id
+        if int(slots.sum()) != images.shape[0] * images.shape[1]:
+            raise ValueError(f"{int(slots.sum())} <img_token> positions for {images.shape[0]} image(s) of "
+                             f"{images.shape[1]} tokens each")
+        return embeds.masked_scatter(slots.unsqueeze(-1), images.to(embeds.dtype))
+
+    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, image_features=None,
+                **kwargs):
+        kwargs.pop("use_cache", None)
+        embeds = self.embed(input_ids, pixel_values, image_features)
+        return self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                               use_cache=False, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, **gen_kwargs):
+        """New tokens only (the LLM generates from embeddings, so the prompt is not echoed)."""
+        embeds = self.embed(input_ids, pixel_values, image_features)
+        return self.text_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **gen_kwargs)
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.text_model.get_output_embeddings()
+
+
+# ---- loading parts ------------------------------------------------------------------------------
+
+def resize_embeddings(text_model: LlamaForCausalLM, vocab_size: int) -> None:
+    """Grow the vocabulary to `vocab_size`; new rows are the mean of the old ones (deterministic,
+    so a base rebuilt from the same folder is the same model)."""
+    old = text_model.get_input_embeddings().num_embeddings
+    if old >= vocab_size:
+        return
+    text_model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for emb in (text_model.get_input_embeddings().weight, text_model.get_output_embeddings().weight):
+            emb[old:] = emb[:old].mean(0, keepdim=True)
+
+
+def load_vision(config: VisualCLAConfig, dtype=None) -> nn.Module:
+    """The vision tower from its folder: a CLIP(Vision) or a BLIP-2 vision checkpoint, or a
+    full BLIP-2 checkpoint (its `vision_model.*` tensors)."""
+    path = Path(config.vision_name_or_path)
+    cls = VISION_CLASSES[config.vision_config.model_type]
+    if cls is Blip2VisionModel and _model_type(path) == "blip-2":
+        model = Blip2VisionModel(config.vision_config)
+        _load_prefixed(model, path, "vision_model.")
+        return model.to(dtype) if dtype is not None else model
+    return cls.from_pretrained(path, dtype=dtype)
+
+
+def load_connector_weights(model: VisualCLAModel, path: Path) -> None:
+    """Connector (+ projection) weights: our `connector.safetensors`, or a BLIP-2 checkpoint's Q-Former."""
+    from safetensors.torch import load_file
+
+    if (path / "connector.safetensors").is_file():
+        state = load_file(str(path / "connector.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        wanted = [k for k in missing if k.startswith(("visual_resampler.", "image_projection_layer."))]
+        if wanted or unexpected:
+            raise ValueError(f"{path}: connector weights do not fit (missing {wanted[:3]}, unexpected {unexpected[:3]})")
+        return
+    if _model_type(path) == "blip-2":
+        _load_prefixed(model.visual_resampler.qformer, path, "qformer.")
+        _load_prefixed(model.visual_resampler, path, "query_tokens", keep_prefix=True)
+        return
+    raise FileNotFoundError(f"{path}: no connector.safetensors and not a BLIP-2 checkpoint")
+
+
+def _model_type(path: Path) -> str | None:
+    import json
+
+    cfg = path / "config.json"
+    return json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
+
+
+def _load_prefixed(module: nn.Module, path: Path, prefix: str, keep_prefix: bool = False) -> None:
+    """Load the tensors of `path/*.safetensors` whose names start with `prefix` into `module`."""
+    from safetensors import safe_open
+
+    state = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(prefix):
+                    state[key if keep_prefix else key[len(prefix):]] = f.get_tensor(key)
+    if not state:
+        raise ValueError(f"{path}: no tensors named {prefix}*")
+    missing, unexpected = module.load_state_dict(state, strict=not keep_prefix)
+    if keep_prefix and unexpected:
+        raise ValueError(f"{path}: unexpected tensors {unexpected[:3]}")
+
+
+AutoConfig.register("visualcla", VisualCLAConfig, exist_ok=True)

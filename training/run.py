@@ -1,0 +1,320 @@
+"""The training recipe: one stage, read top to bottom.
+
+    metrics = train_stage(model_cfg, "stage1", stage_cfg, Path("runs/demo/render"), Path("runs/demo/train/stage1"))
+
+Set-up order (torchtune's): distributed + arguments -> model (base, or the previous stage merged)
+-> tokenizer + image processor -> what trains (LoRA / full / frozen) -> data (this rank's shard
+units, optional feature cache) -> optimiser groups + schedule (inside transformers' Trainer) ->
+train -> save the stage folder. Multi-GPU / multi-node, FSDP and DeepSpeed come from accelerate:
+launch this under `torchrun` or `accelerate launch --config_file configs/accelerate/<x>.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging as hf_logging
+
+from training.build import (
+    build_image_processor, build_model, build_tokenizer_for, model_dtype, prepare_base,
+)
+from training.checkpoint import load_stage, read_stage, save_stage, trainable_state
+from training.config import ModelConfig, StageConfig
+from training.data import Collator, ShardStream, StreamConfig, count_rows, read_unit, shard_units, stage_files
+from training.lora import count_parameters, param_groups, setup_stage
+
+hf_logging.disable_progress_bar()
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+# ---- small helpers -----------------------------------------------------------------------------
+
+def dist_info() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def precision_flags(precision: str) -> dict:
+    cuda = torch.cuda.is_available()
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return {"bf16": bf16_ok, "fp16": cuda and not bf16_ok}
+    if precision == "bf16":
+        return {"bf16": bf16_ok, "fp16": False}  # CPU: fp32 (bf16 autocast there is slower)
+    if precision == "fp16":
+        return {"bf16": False, "fp16": cuda}
+    return {"bf16": False, "fp16": False}
+
+
+def shard_texts(shards_dir: Path, limit: int = 50_000) -> list[str]:
+    """Prompts and responses of the training shards (both stages), to train a demo tokenizer on."""
+    texts: list[str] = []
+    for stage in ("pretrain", "sft"):
+        try:
+            units = shard_units(stage_files(shards_dir, stage))
+        except FileNotFoundError:
+            continue
+        for unit in units:
+            for row in read_unit(unit, ["turns"]):
+                texts += [x for t in row["turns"] for x in (t["prompt"], t["response"])]
+                if len(texts) >= limit:
+                    return texts
+    return texts
+
+
+def uses_init(cfg: ModelConfig) -> bool:
+    return cfg.vision.init is not None or cfg.llm.init is not None
+
+
+def check_template(units, stage_cfg: StageConfig) -> None:
+    import pyarrow.parquet as pq
+
+    found = set(pq.ParquetFile(units[0].file).read_row_group(units[0].row_group, columns=["template"])
+                .column("template").to_pylist())
+    if found != {stage_cfg.template}:
+        raise ValueError(f"shards were rendered with template(s) {sorted(found)}, the stage says "
+                         f"{stage_cfg.template!r}: chat would not see what training saw")
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return found[-1] if found else None
+
+
+# ---- the Trainer, specialised only where it must be ------------------------------------------
+
+class VisualCLATrainer(Trainer):
+    """transformers' Trainer with: our streaming loader (already sharded per rank, so it is not
+    re-sharded by accelerate), one optimiser group per module group, trainable-only checkpoints
+    (safetensors), and the padding fraction in the logs."""
+
+    def __init__(self, *args, stream: ShardStream, stage_cfg: StageConfig, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream, self.stage_cfg = stream, stage_cfg
+        self.padding = torch.zeros(2, dtype=torch.long)  # (padding tokens, all tokens) since last log
+        self.totals = torch.zeros(2, dtype=torch.long)
+        self.samples = 0
+
+    def get_train_dataloader(self) -> DataLoader:
+        workers = self.args.dataloader_num_workers
+        return DataLoader(self.stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                          prefetch_factor=4 if workers else None)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = param_groups(opt_model, self.stage_cfg.lr, self.args.weight_decay)
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            kwargs.pop("lr", None)
+            self.optimizer = cls([{k: v for k, v in g.items() if k != "name"} for g in groups],
+                                 lr=self.args.learning_rate, **kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        stats = inputs.pop("padding_stats", None)
+        if stats is not None and model.training:
+            self.padding += stats.cpu()
+            self.totals += stats.cpu()
+            self.samples += inputs["input_ids"].shape[0]
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs and self.padding[1] > 0:
+            logs["padding_fraction"] = round(float(self.padding[0]) / float(self.padding[1]), 4)
+            self.padding.zero_()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if not self.args.should_save:
+            return
+        from safetensors.torch import save_file
+
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        save_file(trainable_state(model), os.path.join(output_dir, TRAINABLE_FILE), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from safetensors.torch import load_file
+
+        model = self.accelerator.unwrap_model(model or self.model)
+        state = load_file(os.path.join(resume_from_checkpoint, TRAINABLE_FILE))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+
+
+class _StopAfter(TrainerCallback):
+    """Simulates a crash after N optimizer steps (tests of `--resume`)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+        return control
+
+
+# ---- the recipe -------------------------------------------------------------------------------
+
+def train_stage(
+    model_cfg: ModelConfig,
+    stage_name: str,
+    stage_cfg: StageConfig,
+    shards_dir: Path,
+    out_dir: Path,
+    init_from: Path | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    _stop_after: int | None = None,
+) -> dict:
+    """Train one stage on the shard set `shards_dir` and write its folder `out_dir`.
+
+    `init_from`: the previous stage's folder (stage 2 starts from stage 1's weights, merged).
+    `resume`: continue from the newest `out_dir/checkpoints/checkpoint-N` with the same data order.
+    Returns the stage metrics (also written to `out_dir/metrics.json`).
+    """
+    shards_dir, out_dir = Path(shards_dir), Path(out_dir)
+    seed = stage_cfg.seed if seed is None else seed
+    if stage_cfg.feature_cache and stage_cfg.trainable.vision != "frozen":
+        raise ValueError(f"{stage_name}: feature_cache needs a frozen vision encoder (trainable.vision=frozen)")
+    if (out_dir / "stage.json").is_file() and (out_dir / "metrics.json").is_file() and not resume:
+        return {**json.loads((out_dir / "metrics.json").read_text()), "skipped": True}  # finished earlier
+    started = time.time()
+
+    # 1. distributed set-up and Trainer arguments (creating them initialises the process group)
+    flags = precision_flags(stage_cfg.precision)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir / "logs")  # per stage, also within one process
+    rank, world = dist_info()
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=stage_cfg.batch_size,
+        gradient_accumulation_steps=stage_cfg.grad_accum, learning_rate=stage_cfg.lr.default,
+        weight_decay=stage_cfg.weight_decay, warmup_steps=stage_cfg.warmup_ratio,
+        lr_scheduler_type=stage_cfg.scheduler if stage_cfg.scheduler != "constant" else "constant_with_warmup",
+        max_steps=1, logging_steps=stage_cfg.logging_steps, save_strategy="steps", save_steps=stage_cfg.save_steps,
+        save_total_limit=2, report_to=_reporters(), seed=seed, data_seed=seed,
+        dataloader_num_workers=stage_cfg.dataloader_workers, remove_unused_columns=False,
+        gradient_checkpointing=stage_cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if stage_cfg.gradient_checkpointing else None,
+        ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None, ddp_find_unused_parameters=world > 1,
+        disable_tqdm=True, **flags,
+    )
+    torch.manual_seed(seed)
+
+    # 2. model: the previous stage merged, or the base (built from `init` once, or from the paths)
+    dtype = model_dtype(model_cfg)
+    if init_from is not None:
+        init_from = Path(init_from).resolve()
+        model, base = load_stage(init_from, dtype, merge=True), read_stage(init_from).get("base")
+        source = init_from
+    elif uses_init(model_cfg):
+        base_dir = out_dir.parent / "base"
+        if rank == 0:
+            prepare_base(model_cfg, base_dir, lambda: shard_texts(shards_dir), seed)
+        barrier()
+        model, base, source = load_stage(base_dir, dtype), str(base_dir.resolve()), base_dir
+    else:
+        model, base, source = None, None, None
+
+    # 3. tokenizer + image processor (saved with the base / previous stage, else from the paths)
+    if source is not None:
+        from transformers import AutoTokenizer
+
+        from training.build import image_processor_from
+
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        processor = image_processor_from(source, model.config)
+    else:
+        tokenizer = build_tokenizer_for(model_cfg)
+        processor = build_image_processor(model_cfg)
+        model = build_model(model_cfg, tokenizer, dtype)
+    config = model.config
+
+    # 4. data: this rank's shard units; the feature cache if the vision encoder is frozen
+    workers = max(1, stage_cfg.dataloader_workers)
+    units = shard_units(stage_files(shards_dir, stage_cfg.data), world * workers)
+    check_template(units, stage_cfg)
+    rows = count_rows(units)
+    if stage_cfg.max_steps:
+        batches = stage_cfg.max_steps * stage_cfg.grad_accum
+    else:
+        batches = math.ceil(stage_cfg.epochs * rows / (world * stage_cfg.batch_size))
+        batches = math.ceil(batches / stage_cfg.grad_accum) * stage_cfg.grad_accum
+    args.max_steps = batches // stage_cfg.grad_accum
+    if stage_cfg.warmup_ratio:
+        args.warmup_steps = math.ceil(stage_cfg.warmup_ratio * args.max_steps)
+    collator = Collator(pad_token_id=tokenizer.pad_token_id, image_processor=processor)
+    cache = None
+    if stage_cfg.feature_cache:
+        from training.features import build_feature_cache, cache_key
+
+        cache = out_dir / "feature_cache" / cache_key(model, processor)
+        build_feature_cache(model.to(args.device), units, collator, cache, rank, world)
+        barrier()
+    stream = ShardStream(units, tokenizer, collator, StreamConfig(
+        batch_size=stage_cfg.batch_size, max_length=stage_cfg.max_length, num_image_tokens=config.num_image_tokens,
+        batches_per_rank=batches, length_grouping=stage_cfg.length_grouping, seed=seed, rank=rank,
+        world_size=world, feature_cache=cache,
+    ))
+
+    # 5. what trains
+    model = setup_stage(model, stage_cfg.trainable, stage_cfg.lora)
+    total, trainable = count_parameters(model)
+
+    # 6. train (optimiser groups, schedule, accumulation, precision, checkpoints: the Trainer's)
+    trainer = VisualCLATrainer(model=model, args=args, stream=stream, stage_cfg=stage_cfg, train_dataset=stream,
+                               callbacks=[_StopAfter(_stop_after)] if _stop_after else None)
+    checkpoint = last_checkpoint(Path(args.output_dir)) if resume else None
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    # 7. save the stage folder (rank 0) and the metrics
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    wall = time.time() - started
+    tokens = int(trainer.totals[1] - trainer.totals[0])
+    metrics = {
+        "stage": stage_name, "steps": trainer.state.global_step, "rows": rows, "batches_per_rank": batches,
+        "train_loss": result.training_loss, "final_loss": losses[-1][1] if losses else None,
+        "losses": losses, "padding_fraction": float(trainer.totals[0]) / max(1, int(trainer.totals[1])),
+        "samples": trainer.samples, "tokens": tokens, "wall_s": round(wall, 2),
+        "train_runtime": result.metrics.get("train_runtime"),
+        "samples_per_second": trainer.samples / wall, "tokens_per_second": tokens / wall,
+        "parameters": total, "trainable_parameters": trainable, "world_size": world,
+        "skipped_too_long": stream.skipped, "resumed_from": str(checkpoint) if checkpoint else None,
+    }
+    if rank == 0:
+        meta = {
+            "stage": stage_name, "architecture": model_cfg.architecture, "template": stage_cfg.template,
+            "data": stage_cfg.data, "base": base,
+            "init_from": os.path.relpath(init_from, out_dir.resolve()) if init_from else None,
+            "trainable": stage_cfg.trainable.model_dump(), "lora": stage_cfg.lora.model_dump(),
+            "num_image_tokens": config.num_image_tokens,
+        }
+        if _stop_after is None:
+            save_stage(model, out_dir, config=config, tokenizer=tokenizer, processor=processor, meta=meta)
+        (out_dir / "training_args.json").write_text(json.dumps(
+            {"stage": stage_cfg.model_dump(), "model": model_cfg.model_dump(), "trainer": args.to_dict()},
+            indent=2, default=str))
+        if _stop_after is None:
+            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    barrier()
+    return metrics
+
+
+def _reporters() -> list[str] | str:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return "none"
+    return ["tensorboard"]
