@@ -43,18 +43,6 @@ def test_unbuilt_commands_fail_with_one_line(command, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_build_and_train_runs_built_stages_then_stops_clearly(tmp_path, capsys):
-    run = tmp_path / "run"
-    code = main(["build-and-train", "--run-dir", str(run), "--set", "demo.num_images=30"])
-    captured = capsys.readouterr()
-    first_unbuilt = next(s for s in stages.PIPELINE if s not in stages.IMPLEMENTED)
-    assert code == 3
-    assert f"'{first_unbuilt}' is not built yet" in captured.err
-    assert "Completed before it: demo-data" in captured.err
-    assert (run / "demo-data" / "demo_manifest.json").is_file()
-    assert len(list((run / "demo-data" / "images").glob("*.jpg"))) == 30
-
-
 def test_recipe_errors_exit_2_and_name_the_key(capsys):
     assert main(["train", "--set", "stages.stage1.lr.defualt=1"]) == 2
     err = capsys.readouterr().err
@@ -68,9 +56,9 @@ def test_demo_data_command_writes_requested_corpus(tmp_path, capsys):
 
 
 def test_module_entry_point_matches_console_script():
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "download", "--run-dir", "/nonexistent/x"],
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "export", "--run-dir", "/nonexistent/x"],
                             capture_output=True, text=True)
-    assert result.returncode == 3 and "not built yet" in result.stderr
+    assert result.returncode == 1 and "no trained stage here" in result.stderr
 
 
 def test_demo_data_flags_are_validated(tmp_path, capsys):
