@@ -167,8 +167,8 @@ class Recipe(_Section):
     def require_files(self, *prefixes: str) -> None:
         """Raise RecipeError for the first file-valued key under `prefixes` that does not exist."""
         for key, value in _file_fields(self):
-            if prefixes and not key.startswith(prefixes):
-                continue
+            if (prefixes and not key.startswith(prefixes)) or "://" in value:
+                continue  # URLs are checked by the stage that fetches them
             if not Path(value).exists():
                 dotted = re.sub(r"\[(\d+)\]", r".\1", key)
                 raise RecipeError(

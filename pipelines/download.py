@@ -1,0 +1,434 @@
+"""The download stage: read every source, fetch each distinct image once with img2dataset,
+join the images back to the records.
+
+    stats = run_download(recipe, Path("runs/demo/download"))
+
+1. read   every `recipe.sources` entry (streaming, validated: `pipelines.sources`) into a
+          spool file; collect the distinct image URLs (a COCO image asked about by twenty
+          VQA questions is fetched once). Local paths become file:// URLs; only http(s), and
+          file:// under `download.allowed_file_roots` (or the source's own image_root), are
+          fetched.
+2. fetch  the sorted URL list with `img2dataset.download` (output "files": one image file
+          per URL plus a parquet of status and error per shard), with `CheckedResizer`
+          (pipelines/images.py) in front of img2dataset's resizer.
+3. join   records to results by URL: records/<source>.jsonl gets each record with `image`
+          set to the local file; a record whose image failed goes to rejected/download.jsonl
+          with img2dataset's error message. Text-only records pass through.
+
+Rerun after a crash: img2dataset's incremental mode skips shards it finished (the URL list
+is sorted, so shards are stable; if the list changed, the images are fetched anew), and
+steps 1 and 3 are recomputed from scratch, so the join is idempotent. A complete stage
+(`_SUCCESS`) is not run again.
+
+Memory: one entry per distinct URL (the URL set and the results map); records stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from pipelines.io import atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, write_json
+from pipelines.recipe import DownloadConfig, Recipe, RecipeError
+from pipelines.rejects import RejectWriter
+from pipelines.sources import read_located
+from pipelines.stats import StageStats
+from templates.schema import Record
+
+STAGE = "download"
+IMAGES = "images"
+URL_LIST = "url_list.parquet"
+SPOOL = ".read"
+SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names are 00000, 00001, ...
+
+
+@dataclass(slots=True)
+class Fetched:
+    """img2dataset's verdict on one URL."""
+
+    status: str  # "success" | "failed_to_download" | "failed_to_resize"
+    error: str | None = None
+    path: str | None = None
+    key: str | None = None
+    info: dict[str, Any] | None = None
+
+
+class ImageRefError(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+# -- the stage ------------------------------------------------------------------------------
+def run_download(recipe: Recipe, out_dir: Path) -> StageStats:
+    """Run the download stage into `out_dir`; returns its stats (also in out_dir/stats.json)."""
+    out_dir = Path(out_dir)
+    if is_done(out_dir):
+        stats = StageStats.from_dict(read_json(out_dir / "stats.json"))
+        print(f"[{STAGE}] {out_dir} is complete (_SUCCESS); nothing to do")
+        print(stage_table(stats))
+        return stats
+    check_source_files(recipe)
+    check_distributor(recipe.download.distributor)
+    clean_stale_temp_files(out_dir)
+    clock = Clock()
+    stats = StageStats(stage=STAGE)
+    with RejectWriter(out_dir / "rejected", STAGE, stats) as rejects:
+        source_urls = collect(recipe, out_dir, rejects)
+        urls = sorted(set().union(*source_urls.values()))
+        clock.lap(stats, "read")
+        results: dict[str, Fetched] = {}
+        if urls:
+            fetch(urls, out_dir, recipe.download)
+            clock.lap(stats, "fetch")
+            results = load_results(out_dir / IMAGES, recipe.download.encode_format)
+        for source in recipe.sources:
+            join(source.name, out_dir, results, rejects)
+        clock.lap(stats, "join")
+    count_images(stats, source_urls, results)
+    stats.extra["seconds"] = round(clock.total(), 2)
+    write_json(out_dir / "stats.json", stats.to_dict())
+    shutil.rmtree(out_dir / SPOOL, ignore_errors=True)
+    mark_done(out_dir, {"images": len(urls), "records": stats.kept})
+    print(stage_table(stats))
+    return stats
+
+
+class Clock:
+    """Seconds per phase into stats.extra ("seconds.read", ...): where the time went."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+
+    def lap(self, stats: StageStats, phase: str) -> None:
+        now = time.monotonic()
+        stats.extra[f"seconds.{phase}"] = round(now - self.last, 2)
+        self.last = now
+
+    def total(self) -> float:
+        return time.monotonic() - self.start
+
+
+def check_source_files(recipe: Recipe) -> None:
+    """RecipeError for a source file or local image_root that does not exist.
+
+    (Not `recipe.require_files`: an image_root may be a URL prefix.)"""
+    for i, cfg in enumerate(recipe.sources):
+        for key in ("path", "annotations", "image_root"):
+            value = getattr(cfg, key)
+            local = local_folder(value) if key == "image_root" and value else value
+            if local is None:
+                continue  # not given, or a remote URL prefix
+            if not Path(local).exists():
+                raise RecipeError(
+                    f"{recipe.file}: sources[{i}].{key} (source {cfg.name!r}): not found: {value} "
+                    f"(fix the recipe or pass --set sources.{i}.{key}=PATH)"
+                )
+
+
+def check_distributor(distributor: str) -> None:
+    """img2dataset silently does nothing when ray is missing: say so before starting."""
+    module = {"pyspark": "pyspark", "ray": "ray"}.get(distributor)
+    if module is None:
+        return
+    try:
+        __import__(module)
+    except ImportError:
+        raise RuntimeError(
+            f"download.distributor={distributor!r} needs the {module!r} package: "
+            f"pip install {module}, or use distributor: multiprocessing"
+        ) from None
+
+
+# -- 1. read ----------------------------------------------------------------------------------
+def collect(recipe: Recipe, out_dir: Path, rejects: RejectWriter) -> dict[str, set[str]]:
+    """Read and validate every source into out_dir/.read/<source>.jsonl; returns, per source,
+    the distinct image URLs its records need.
+
+    Local files may come from `download.allowed_file_roots` and, for a source's own records,
+    from its local `image_root` (the recipe named that folder; `..` or symlinks out of it
+    are still refused)."""
+    allowed = [os.path.realpath(r) for r in recipe.download.allowed_file_roots]
+    source_urls: dict[str, set[str]] = {}
+    for cfg in recipe.sources:
+        own = local_folder(cfg.image_root) if cfg.image_root else None
+        roots = allowed + [own] if own else allowed
+        urls: set[str] = set()
+        spool = out_dir / SPOOL / f"{cfg.name}.jsonl"
+        with atomic_open(spool, "w", encoding="utf-8") as f:
+            for location, record in read_located(cfg, rejects):
+                url = None
+                if record.image is not None:
+                    try:
+                        url = image_url(record.image, roots)
+                    except ImageRefError as err:
+                        rejects.reject(source=cfg.name, reason=err.reason, detail=str(err), record_id=record.id,
+                                       location=location, record=record.to_dict())
+                        continue
+                    urls.add(url)
+                f.write(json.dumps([location, url, record.to_dict()], ensure_ascii=False) + "\n")
+        source_urls[cfg.name] = urls
+    return source_urls
+
+
+def local_folder(location: str) -> str | None:
+    """The real path of a folder given as a path or file:// URL; None for a remote prefix."""
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return os.path.realpath(url2pathname(parsed.path))
+    return os.path.realpath(location) if parsed.scheme == "" else None
+
+
+def image_url(ref: str, allowed_roots: list[str]) -> str:
+    """The URL img2dataset should fetch for an image reference, or ImageRefError.
+
+    http(s) URLs pass; a local path or file:// URL must lie under one of `allowed_roots`
+    (already realpath'd) and becomes a file:// URL of its real path."""
+    parsed = urlparse(ref)
+    if parsed.scheme in ("http", "https"):
+        if not parsed.netloc:
+            raise ImageRefError("image_url_invalid", f"{ref!r}: URL without a host")
+        return ref
+    if parsed.scheme == "file":
+        path = url2pathname(parsed.path)  # unquotes %xx
+    elif parsed.scheme == "":
+        path = ref
+    else:
+        raise ImageRefError(
+            "image_url_unsupported", f"{ref!r}: scheme {parsed.scheme!r} (only http, https and file:// are fetched)"
+        )
+    real = os.path.realpath(path)
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in allowed_roots):
+        raise ImageRefError(
+            "image_url_not_allowed",
+            f"{real} is outside the folders local images may come from {allowed_roots} "
+            "(download.allowed_file_roots, and the source's own image_root); add its folder to "
+            "download.allowed_file_roots to allow it",
+        )
+    return Path(real).as_uri()
+
+
+# -- 2. fetch ---------------------------------------------------------------------------------
+def fetch(urls: list[str], out_dir: Path, cfg: DownloadConfig) -> None:
+    """Fetch `urls` into out_dir/images with img2dataset; finished shards are kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    url_list, images, marker = out_dir / URL_LIST, out_dir / IMAGES, out_dir / "fetch.sha256"
+    fingerprint = fetch_fingerprint(urls, cfg)
+    same = marker.is_file() and marker.read_text().strip() == fingerprint
+    if not (cfg.incremental and same):
+        # Not img2dataset's "overwrite" mode: it deletes the _tmp folder it has just made.
+        shutil.rmtree(images, ignore_errors=True)
+    with atomic_open(url_list, "wb") as f:
+        pq.write_table(pa.table({"url": urls}), f)
+    with atomic_open(marker, "w") as f:
+        f.write(fingerprint + "\n")
+    shards = -(-len(urls) // cfg.samples_per_shard)
+    done = sum((images / f"{i:0{SHARD_DIGITS}d}_stats.json").is_file() for i in range(shards))
+    if done == shards:
+        print(f"[{STAGE}] all {shards} img2dataset shards are complete; nothing to fetch")
+        return
+    print(f"[{STAGE}] fetching {len(urls)} distinct images with img2dataset: {shards - done} of {shards} shards to do")
+    with checked_resizer(cfg.max_image_pixels), worker_env(cfg.max_image_pixels):
+        import img2dataset
+
+        img2dataset.download(**img2dataset_args(cfg, str(url_list), str(images)))
+
+
+def fetch_fingerprint(urls: list[str], cfg: DownloadConfig) -> str:
+    """What finished shards depend on: the URL list and the options that shape an image.
+    If it changed since they were made, they are not reused."""
+    shaping = cfg.model_dump(include={"image_size", "resize_mode", "encode_format", "encode_quality",
+                                      "samples_per_shard", "max_image_pixels"})
+    h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode("utf-8"))
+    for url in urls:
+        h.update(url.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def img2dataset_args(cfg: DownloadConfig, url_list: str, output_folder: str) -> dict[str, Any]:
+    """The recipe's download section as img2dataset.download keyword arguments."""
+    return {
+        "url_list": url_list,
+        "input_format": "parquet",
+        "url_col": "url",
+        "output_folder": output_folder,
+        "output_format": "files",
+        "image_size": cfg.image_size,
+        "resize_mode": cfg.resize_mode,
+        "encode_format": cfg.encode_format,
+        # img2dataset reads PNG "quality" as a zlib level 0-9
+        "encode_quality": cfg.encode_quality if cfg.encode_format != "png" else 6,
+        "processes_count": cfg.processes,
+        "thread_count": cfg.threads,
+        "retries": cfg.retries,
+        "timeout": cfg.timeout_s,
+        "number_sample_per_shard": cfg.samples_per_shard,
+        "oom_shard_count": SHARD_DIGITS,
+        "incremental_mode": "incremental",  # skip shards with a *_stats.json
+        "distributor": cfg.distributor,
+        "extract_exif": False,  # orientation is applied by CheckedResizer; EXIF text is not kept
+        "compute_hash": "sha256",
+        "enable_wandb": False,
+    }
+
+
+@contextmanager
+def checked_resizer(max_image_pixels: int) -> Iterator[None]:
+    """Make `img2dataset.download` build our CheckedResizer instead of its Resizer.
+
+    download() takes no resizer argument; it constructs `img2dataset.main.Resizer` and
+    pickles it into the workers, so replacing that name for the call is enough, for every
+    distributor (the workers import `pipelines.images` to unpickle it)."""
+    import functools
+    import importlib
+
+    from pipelines.images import CheckedResizer
+
+    # `import img2dataset.main` would give the package's `main` function, not the module
+    i2d_main = importlib.import_module("img2dataset.main")
+
+    original = i2d_main.Resizer
+    i2d_main.Resizer = functools.partial(CheckedResizer, max_image_pixels=max_image_pixels)
+    try:
+        yield
+    finally:
+        i2d_main.Resizer = original
+
+
+@contextmanager
+def worker_env(max_image_pixels: int) -> Iterator[None]:
+    """Environment the (spawned) download workers inherit:
+    OPENCV_IO_MAX_IMAGE_PIXELS stops OpenCV allocating a bomb Pillow could not identify;
+    NO_ALBUMENTATIONS_UPDATE stops each worker asking PyPI for a newer albumentations."""
+    wanted = {"OPENCV_IO_MAX_IMAGE_PIXELS": str(max_image_pixels), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def load_results(images_dir: Path, encode_format: str) -> dict[str, Fetched]:
+    """URL -> what img2dataset did with it, from the per-shard parquet files.
+
+    Only shards with a `<shard>_stats.json` are complete; a URL in an unfinished shard has
+    no result and its records are rejected as `image_not_fetched` (a rerun retries them)."""
+    import pyarrow.parquet as pq
+
+    results: dict[str, Fetched] = {}
+    columns = ["url", "key", "status", "error_message", "width", "height", "original_width", "original_height", "sha256"]
+    for shard in sorted(images_dir.glob("*.parquet")):
+        if not (images_dir / f"{shard.stem}_stats.json").is_file():
+            continue
+        for row in pq.read_table(shard, columns=columns).to_pylist():
+            path = None
+            if row["status"] == "success":
+                path = str((images_dir / shard.stem / f"{row['key']}.{encode_format}").resolve())
+            info = {k: row[k] for k in ("width", "height", "original_width", "original_height", "sha256")}
+            results[row["url"]] = Fetched(row["status"], row["error_message"], path, row["key"], info)
+    return results
+
+
+# -- 3. join ----------------------------------------------------------------------------------
+def join(source: str, out_dir: Path, results: dict[str, Fetched], rejects: RejectWriter) -> None:
+    """records/<source>.jsonl from the spool and the fetch results (rewritten whole)."""
+    stats = rejects.stats
+    spool = out_dir / SPOOL / f"{source}.jsonl"
+    with atomic_open(out_dir / "records" / f"{source}.jsonl", "w", encoding="utf-8") as out, open(spool, encoding="utf-8") as f:
+        for line in f:
+            location, url, data = json.loads(line)
+            record = Record.from_dict(data)
+            if url is not None:
+                fetched = results.get(url)
+                if fetched is None or fetched.path is None:
+                    reason, detail = failure(fetched)
+                    rejects.reject(source=source, reason=reason, detail=f"{url}: {detail}", record_id=record.id,
+                                   location=location, record=data)
+                    continue
+                record.meta["image_url"] = url
+                record.meta["image_download"] = {"key": fetched.key, **(fetched.info or {})}
+                record.image = fetched.path
+            out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            stats.count_kept(source)
+
+
+def failure(fetched: Fetched | None) -> tuple[str, str]:
+    """(reason, detail) for an image that did not come back. The detail is img2dataset's
+    error message as it was stored; the reason is a short stable name for the stats."""
+    if fetched is None:
+        return "image_not_fetched", "img2dataset has no result for this URL (its shard did not finish; rerun to retry)"
+    message = fetched.error or fetched.status
+    return classify(message), f"{fetched.status}: {message}"
+
+
+def classify(message: str) -> str:
+    head = message.split(":", 1)[0]
+    if head.startswith("image_") and " " not in head:
+        return head  # CheckedResizer's "<reason>: <detail>"
+    lower = message.lower()
+    if lower.startswith("http error "):
+        code = lower.split()[2].rstrip(":")
+        return f"image_http_{code}" if code.isdigit() else "image_http_error"
+    if "timed out" in lower or "timeout" in lower:
+        return "image_timeout"
+    if "no such file" in lower or "errno 2" in lower:
+        return "image_missing"
+    if "x-robots-tag" in lower:
+        return "image_disallowed"
+    if "image decoding error" in lower or "cv_io_max_image_pixels" in lower:
+        return "image_too_large" if "cv_io_max_image_pixels" in lower else "image_decode_failed"
+    if "urlopen error" in lower or "connection" in lower or "remote end closed" in lower:
+        return "image_connection_error"
+    return "image_failed"
+
+
+# -- report -----------------------------------------------------------------------------------
+def count_images(stats: StageStats, source_urls: dict[str, set[str]], results: dict[str, Fetched]) -> None:
+    """Distinct images per source and in total: requested, fetched, failed by reason."""
+    def add(target: StageStats, urls: set[str]) -> None:
+        target.extra["images_requested"] += len(urls)
+        for url in urls:
+            fetched = results.get(url)
+            if fetched is not None and fetched.path is not None:
+                target.extra["images_fetched"] += 1
+            else:
+                target.extra["images_failed"] += 1
+                target.extra[f"images_failed.{failure(fetched)[0]}"] += 1
+
+    for name, urls in source_urls.items():
+        add(stats.source(name), urls)
+    add(stats, set().union(*source_urls.values()) if source_urls else set())
+
+
+def stage_table(stats: StageStats) -> str:
+    """StageStats.table() followed by the images table: per source, distinct images
+    requested, fetched and failed by reason."""
+    rows = [(name, s) for name, s in sorted(stats.per_source.items())] + [("TOTAL", stats)]
+    width = max(len(name) for name, _ in rows)
+    lines = [stats.table(), f"{'images':<{width}}  {'wanted':>8}  {'fetched':>8}  {'failed':>8}  reasons"]
+    for name, s in rows:
+        failed = Counter({k.split(".", 1)[1]: v for k, v in s.extra.items() if k.startswith("images_failed.")})
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(failed.items())) or "-"
+        lines.append(
+            f"{name:<{width}}  {s.extra['images_requested']:>8}  {s.extra['images_fetched']:>8}  "
+            f"{s.extra['images_failed']:>8}  {reasons}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""ShareGPT-style multimodal chats (LLaMA-Factory / InternVL layout), JSON array or JSONL.
+
+    {"id": "...", "messages": [{"role": "user", "content": "<image>Who is this?"},
+                               {"role": "assistant", "content": "..."}],
+     "images": ["path/or/url.jpg"]}
+
+`conversations` with `from`/`value` (ShareGPT4V) is read as well. A leading `system` turn
+goes to `meta.system`. Items without an `id` get one from a hash of their content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pipelines.recipe import SourceConfig
+from pipelines.sources.common import (
+    Item, MissingField, TooManyImages, content_id, resolve_image, single_image, source_lang, to_messages,
+)
+from pipelines.sources.jsonstream import JsonStreamError, iter_json_items
+from templates.schema import Record, make_id
+
+
+def read_sharegpt(cfg: SourceConfig) -> Iterator[Item]:
+    for location, row in iter_json_items(cfg.path):
+        if isinstance(row, JsonStreamError):
+            yield Item.bad(row.location, "invalid_json", row.reason)
+            continue
+        try:
+            yield Item(location=location, record=make_record(cfg, row))
+        except MissingField as err:
+            yield Item.bad(location, "missing_field", str(err), raw=row)
+        except TooManyImages as err:
+            yield Item.bad(location, "too_many_images", str(err), raw=row)
+        except ValueError as err:
+            yield Item.bad(location, "image_template_error", str(err), raw=row)
+
+
+def make_record(cfg: SourceConfig, row: Any) -> Record:
+    if not isinstance(row, dict):
+        raise MissingField(f"expected a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        messages, system = to_messages(row["messages"], "role", "content")
+    elif "conversations" in row:
+        messages, system = to_messages(row["conversations"], "from", "value")
+    else:
+        raise MissingField("field 'messages' (or 'conversations') is missing")
+    image = single_image(row.get("images", row.get("image")))
+    original_id = row.get("id") or content_id(row.get("messages") or row.get("conversations"), image)
+    meta: dict[str, Any] = {"original_id": original_id}
+    if system is not None:
+        meta["system"] = system
+    return Record(
+        id=make_id(cfg.name, original_id),
+        source=cfg.name,
+        task=cfg.task or ("conversation" if image else "text"),
+        messages=messages,
+        image=None if image is None else resolve_image(cfg, image),
+        lang=source_lang(cfg),
+        meta=meta,
+    )

@@ -1,0 +1,72 @@
+"""Checks every record passes at read time, before any image is fetched.
+
+A check returns None (keep) or `(reason, detail)` (reject), datatrove-style. The reasons
+are the keys counted in the stage report:
+
+    invalid_utf8          text that is not valid UTF-8 (bad bytes in the source file)
+    no_messages           an empty conversation
+    unknown_role          a role other than human/gpt/user/assistant
+    empty_turn            a turn whose text is empty or only whitespace
+    bad_turn_order        roles do not alternate user, assistant, ... ending with the assistant
+    image_count_mismatch  the number of `<image>` placeholders differs from the number of images
+"""
+
+from __future__ import annotations
+
+from templates.schema import IMAGE_PLACEHOLDER, Record
+
+Verdict = tuple[str, str] | None
+
+
+def validate(record: Record) -> Verdict:
+    """The first failed check's (reason, detail), or None when the record is usable."""
+    for check in (check_utf8, check_turns, check_image_count):
+        verdict = check(record)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def check_utf8(record: Record) -> Verdict:
+    texts = [("image", record.image)] + [(f"messages[{i}]", m.get("content")) for i, m in enumerate(record.messages)]
+    for where, text in texts:
+        if isinstance(text, str) and not _is_utf8(text):
+            bad = next(ch for ch in text if 0xD800 <= ord(ch) <= 0xDFFF)
+            byte = f"0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+            return "invalid_utf8", f"{where}: not valid UTF-8 (byte/code point {byte} at {text.index(bad)})"
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_turns(record: Record) -> Verdict:
+    if not record.messages:
+        return "no_messages", "the record has no turns"
+    for i, message in enumerate(record.messages):
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            return "unknown_role", f"messages[{i}]: role {role!r} (expected user/human or assistant/gpt)"
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            return "empty_turn", f"messages[{i}] ({role}): empty text"
+    for i, message in enumerate(record.messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            return "bad_turn_order", f"messages[{i}] is {message['role']!r}, expected {expected!r} (turns alternate from the user)"
+    if record.messages[-1]["role"] != "assistant":
+        return "bad_turn_order", f"the last turn (messages[{len(record.messages) - 1}]) is the user's, with no answer"
+    return None
+
+
+def check_image_count(record: Record) -> Verdict:
+    placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in record.messages)
+    images = 0 if record.image is None else 1
+    if placeholders != images:
+        return "image_count_mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {images} image(s)"
+    return None
