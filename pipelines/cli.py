@@ -1,6 +1,6 @@
 """`vcla`: the command line. One subcommand per stage, plus the one-shot `build-and-train`.
 
-Exit codes: 0 success, 1 a stage failed, 2 bad command line or recipe, 3 not built yet.
+Exit codes: 0 success, 1 a stage failed, 2 bad command line or recipe.
 """
 
 from __future__ import annotations
@@ -113,20 +113,52 @@ def _load(args: argparse.Namespace) -> Recipe:
     return load_recipe(args.recipe, args.overrides, args.run_dir)
 
 
+def _spec(args: argparse.Namespace) -> dict:
+    _load(args)  # validate before Prefect starts, so recipe errors are quick and exit 2
+    return {"recipe": str(args.recipe), "overrides": args.overrides,
+            "run_dir": str(args.run_dir) if args.run_dir else None}
+
+
+def _options(args: argparse.Namespace) -> dict:
+    skip = {"recipe", "overrides", "run_dir", "dir"}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+
+
 def _stage_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        return stages.run_one(name, _load(args), args)
+        from pipelines.flows import STAGE_FLOWS
+
+        STAGE_FLOWS[name](**_spec(args), options=_options(args))
+        return 0
+    return run
+
+
+def _direct_command(fn_name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        getattr(stages, fn_name)(_load(args), args)
+        return 0
     return run
 
 
 def _build_and_train(args: argparse.Namespace) -> int:
-    return stages.run_all(_load(args), args)
+    from pipelines.flows import build_and_train
+
+    build_and_train(**_spec(args))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipelines.schedules import serve
+
+    serve(_load(args), _spec(args))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "demo-data": _demo_data, "build-and-train": _build_and_train,
+        "demo-data": _demo_data, "build-and-train": _build_and_train, "serve": _serve,
+        "chat": _direct_command("chat_command"), "export": _direct_command("export_command"),
     }
     handler = handlers.get(args.command) or _stage_command(args.command)
     try:
@@ -134,9 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         print(f"vcla {args.command}: recipe error:\n{e}", file=sys.stderr)
         return 2
-    except stages.NotBuilt as e:
-        print(f"vcla {args.command}: {e}", file=sys.stderr)
-        return 3
     except stages.StageFailed as e:
         print(f"vcla {args.command}: {e}", file=sys.stderr)
         return 1

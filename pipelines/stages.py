@@ -1,91 +1,91 @@
-"""The stages of a run, in order, and how the CLI and `build-and-train` invoke them.
+"""The stages of a run, in order, and what each one reads, writes and depends on.
 
-A stage is a function `(recipe, args) -> None` that reads the previous stage's folder under
-the run folder and writes its own (docs/ARCHITECTURE.md). A capability that is not built
-raises `NotBuilt`, so nothing ever pretends to succeed.
+A stage's `run(recipe, options) -> dict` reads the previous stage's folder under the run folder,
+writes its own (docs/ARCHITECTURE.md) and returns a summary for the run's summary table.
+`output`, `config` and `code` say what a stage produces and what that depends on, so the
+flows (`pipelines/flows.py`) can tell a finished stage from a stale one. Commands that are not
+stages (chat, export) are plain functions here too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines.recipe import Recipe
 
-StageFn = Callable[[Recipe, argparse.Namespace], None]
-
-# build-and-train runs these in order (demo-data only when the recipe has a `demo:` section).
-PIPELINE = ("demo-data", "download", "translate", "render", "publish", "train", "eval")
-
-# Commands whose capability is still missing, with the issue that brings it.
-_PENDING = {
-    "serve": (7, "orchestration and schedules"),
-}
-
-
-class NotBuilt(RuntimeError):
-    def __init__(self, stage: str, done: tuple[str, ...] = ()) -> None:
-        issue, title = _PENDING[stage]
-        msg = f"'{stage}' is not built yet (issue #{issue}, {title}); nothing was done for it"
-        if done:
-            msg += f". Completed before it: {', '.join(done)}"
-        super().__init__(msg)
-        self.stage = stage
+Options = argparse.Namespace
 
 
 class StageFailed(RuntimeError):
     """A stage could not finish; the message says which stage and why."""
 
 
-def _demo_data(recipe: Recipe, args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Recipe, Options], dict[str, Any]]
+    output: Callable[[Recipe], Path | None]
+    """The folder whose `_SUCCESS` marks the stage complete; None: nothing local (publish)."""
+    config: Callable[[Recipe], Any]
+    """The recipe values the output depends on (part of the stage fingerprint)."""
+    code: tuple[str, ...]
+    """Packages / modules whose source the output depends on (part of the fingerprint)."""
+    upstream: str | None
+
+
+def _demo_data(recipe: Recipe, options: Options) -> dict[str, Any]:
     from pipelines.demo.corpus import generate_demo
 
     if recipe.demo is None:
-        return
-    demo = recipe.demo
-    manifest = generate_demo(Path(demo.output_dir), demo)
-    print(f"[demo-data] {demo.output_dir}: {manifest['counts']['images']} images, "
-          f"{manifest['counts']['memory_segments']} memory segments")
+        return {"skipped": "the recipe has no demo section"}
+    manifest = generate_demo(Path(recipe.demo.output_dir), recipe.demo)
+    print(f"[demo-data] {recipe.demo.output_dir}: {manifest['counts']['images']} images")
+    return {"counts": manifest["counts"]}
 
 
-def _download(recipe: Recipe, args: argparse.Namespace) -> None:
+def _download(recipe: Recipe, options: Options) -> dict[str, Any]:
     from pipelines.download import run_download
 
-    run_download(recipe, recipe.run_dir / "download")
+    return run_download(recipe, recipe.run_dir / "download").to_dict()
 
 
-def _translate(recipe: Recipe, args: argparse.Namespace) -> None:
+def _translate(recipe: Recipe, options: Options) -> dict[str, Any]:
     from pipelines.translate import run_translate
 
-    run_translate(recipe, recipe.run_dir / "download", recipe.run_dir / "translate")
+    return run_translate(recipe, recipe.run_dir / "download", recipe.run_dir / "translate").to_dict()
 
 
-def _render(recipe: Recipe, args: argparse.Namespace) -> None:
+def _render(recipe: Recipe, options: Options) -> dict[str, Any]:
     from pipelines.render import run_render
 
-    run_render(recipe, recipe.run_dir / "translate", recipe.run_dir / "render")
+    return run_render(recipe, recipe.run_dir / "translate", recipe.run_dir / "render").to_dict()
 
 
-def _publish(recipe: Recipe, args: argparse.Namespace) -> None:
+def _publish(recipe: Recipe, options: Options) -> dict[str, Any]:
     from pipelines.publish import PublishError, run_publish
 
-    if recipe.publish.repo_id is None and args.command == "build-and-train":
+    if recipe.publish.repo_id is None and options.command == "build-and-train":
         print("[publish] publish.repo_id is not set; nothing to publish")
-        return
+        return {"skipped": "publish.repo_id is not set"}
     try:
-        run_publish(recipe, recipe.run_dir / "render", dry_run=getattr(args, "dry_run", False))
+        result = run_publish(recipe, recipe.run_dir / "render", dry_run=getattr(options, "dry_run", False))
     except PublishError as e:
         raise StageFailed(f"publish: {e}") from None
+    return {k: result.get(k) for k in ("commits", "bytes_uploaded") if k in result}
 
 
-def _train(recipe: Recipe, args: argparse.Namespace) -> None:
+def _train(recipe: Recipe, options: Options) -> dict[str, Any]:
     from training.run import train_stage
 
-    wanted = getattr(args, "stage", None)
+    wanted = getattr(options, "stage", None)
     if wanted is not None and wanted not in recipe.stages:
         raise StageFailed(f"train: no stage {wanted!r} in {recipe.file} (stages: {', '.join(recipe.stages)})")
-    train_dir = recipe.run_dir / "train"
+    train_dir, summary = recipe.run_dir / "train", {}
     for name, cfg in recipe.stages.items():
         if wanted is not None and name != wanted:
             continue
@@ -94,80 +94,82 @@ def _train(recipe: Recipe, args: argparse.Namespace) -> None:
             raise StageFailed(f"train: stage {name} starts from {cfg.init_from}, which has no checkpoint in "
                               f"{init_from}; train it first (vcla train --stage {cfg.init_from})")
         metrics = train_stage(recipe.model, name, cfg, recipe.run_dir / "render", train_dir / name,
-                              init_from=init_from, resume=getattr(args, "resume", False), seed=recipe.seed)
+                              init_from=init_from, resume=getattr(options, "resume", False), seed=recipe.seed)
         state = "already trained" if metrics.get("skipped") else "trained"
         print(f"[train] {name}: {state}, {metrics.get('steps')} steps, final loss {metrics.get('final_loss')}")
+        summary[name] = {k: metrics.get(k) for k in ("steps", "final_loss", "padding_fraction", "train_runtime")}
+    return summary
 
 
-def last_checkpoint(recipe: Recipe, args: argparse.Namespace) -> Path:
+def last_checkpoint(recipe: Recipe, options: Options) -> Path:
     """`--checkpoint` if given, else the run's last trained stage."""
-    given = getattr(args, "checkpoint", None)
+    given = getattr(options, "checkpoint", None)
     folder = Path(given) if given else recipe.run_dir / "train" / list(recipe.stages)[-1]
     if not (folder / "stage.json").is_file():
         raise StageFailed(f"{folder}: no trained stage here; run `vcla train` first or pass --checkpoint DIR")
     return folder
 
 
-def _eval(recipe: Recipe, args: argparse.Namespace) -> None:
+def _eval(recipe: Recipe, options: Options) -> dict[str, Any]:
+    """Accuracy on the eval split, plus one chat answer about its first image."""
+    from training.chat import ChatModel, chat
     from training.evaluate import evaluate
 
     if recipe.eval.split is None:
         print("[eval] eval.split is not set; nothing to evaluate")
-        return
+        return {"skipped": "eval.split is not set"}
     recipe.require_files("eval.split")
-    checkpoint = last_checkpoint(recipe, args)
-    metrics = evaluate(checkpoint, Path(recipe.eval.split), recipe.eval, out=recipe.run_dir / "eval")
+    checkpoint = last_checkpoint(recipe, options)
+    split = Path(recipe.eval.split)
+    metrics = evaluate(checkpoint, split, recipe.eval, out=recipe.run_dir / "eval")
     print(f"[eval] {checkpoint.name}: accuracy {metrics['accuracy']:.3f} on {metrics['n']} questions")
+    first = json.loads(split.read_text(encoding="utf-8").splitlines()[0])
+    image = split.parent.parent / first["image"]
+    question = "请描述这张图片。"
+    answer, _ = chat(ChatModel.load(checkpoint), image, question, do_sample=False)
+    print(f"[eval] chat about {first['image']}: {question} -> {answer}")
+    return {"accuracy": metrics["accuracy"], "n": metrics["n"], "checkpoint": str(checkpoint),
+            "chat": {"image": first["image"], "question": question, "answer": answer}}
 
 
-def _chat(recipe: Recipe, args: argparse.Namespace) -> None:
+def chat_command(recipe: Recipe, options: Options) -> dict[str, Any]:
     from training.chat import ChatModel, chat
 
-    if args.image is None:
+    if options.image is None:
         raise StageFailed("chat: pass --image PATH")
-    model = ChatModel.load(last_checkpoint(recipe, args))
-    history = None
-    messages = [args.text] if args.text else iter(lambda: input("你: "), "")
+    model, history = ChatModel.load(last_checkpoint(recipe, options)), None
+    messages = [options.text] if options.text else iter(lambda: input("你: "), "")
     for text in messages:
-        response, history = chat(model, args.image, text, history)
+        response, history = chat(model, options.image, text, history)
         print(response)
+    return {"turns": len(history or [])}
 
 
-def _export(recipe: Recipe, args: argparse.Namespace) -> None:
+def export_command(recipe: Recipe, options: Options) -> dict[str, Any]:
     from training.export import export
 
-    checkpoint = last_checkpoint(recipe, args)
-    out = args.out or recipe.run_dir / "export" / f"{checkpoint.name}-{args.format}"
-    print(f"[export] {export(checkpoint, args.format, out)}")
+    checkpoint = last_checkpoint(recipe, options)
+    out = options.out or recipe.run_dir / "export" / f"{checkpoint.name}-{options.format}"
+    folder = export(checkpoint, options.format, out)
+    print(f"[export] {folder}")
+    return {"folder": str(folder)}
 
 
-IMPLEMENTED: dict[str, StageFn] = {
-    "demo-data": _demo_data,
-    "download": _download,
-    "translate": _translate,
-    "render": _render,
-    "publish": _publish,
-    "train": _train,
-    "eval": _eval,
-    "chat": _chat,
-    "export": _export,
-}
-
-
-def run_one(name: str, recipe: Recipe, args: argparse.Namespace) -> int:
-    stage = IMPLEMENTED.get(name)
-    if stage is None:
-        raise NotBuilt(name)
-    stage(recipe, args)
-    return 0
-
-
-def run_all(recipe: Recipe, args: argparse.Namespace) -> int:
-    done: list[str] = []
-    for name in PIPELINE:
-        if name not in IMPLEMENTED:
-            raise NotBuilt(name, tuple(done))
-        print(f"[build-and-train] {name} ...", flush=True)
-        IMPLEMENTED[name](recipe, args)
-        done.append(name)
-    return 0
+_DATA_CODE = ("pipelines/stages.py", "pipelines/io.py", "templates/schema.py")
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("demo-data", _demo_data, lambda r: Path(r.demo.output_dir) if r.demo else None,
+          lambda r: r.demo, ("pipelines/demo",), None),
+    Stage("download", _download, lambda r: r.run_dir / "download",
+          lambda r: (r.sources, r.download), _DATA_CODE + ("pipelines/download.py", "pipelines/images.py",
+                                                          "pipelines/sources"), "demo-data"),
+    Stage("translate", _translate, lambda r: r.run_dir / "translate",
+          lambda r: r.translator, _DATA_CODE + ("pipelines/translate.py", "translators"), "download"),
+    Stage("render", _render, lambda r: r.run_dir / "render",
+          lambda r: (r.render, r.publish.license), _DATA_CODE + ("pipelines/render.py", "pipelines/shards.py",
+                                                                 "pipelines/card.py", "templates"), "translate"),
+    Stage("publish", _publish, lambda r: None, lambda r: r.publish, ("pipelines/publish.py",), "render"),
+    Stage("train", _train, lambda r: r.run_dir / "train", lambda r: (r.model, r.stages, r.seed),
+          ("training", "templates"), "render"),
+    Stage("eval", _eval, lambda r: r.run_dir / "eval", lambda r: r.eval, ("training", "templates"), "train"),
+)}
+PIPELINE = tuple(STAGES)

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import stages
 from pipelines.cli import build_parser, main
 
 COMMANDS = ["demo-data", "download", "translate", "render", "publish", "train", "build-and-train",
@@ -32,15 +31,9 @@ def test_subcommand_help_describes_it_and_its_common_flags(command, capsys):
     assert len(summary) > 20 and summary in out
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c in stages._PENDING and c not in stages.IMPLEMENTED])
-def test_unbuilt_commands_fail_with_one_line(command, tmp_path, capsys):
-    code = main([command, "--run-dir", str(tmp_path / "run")])
-    captured = capsys.readouterr()
-    assert code == 3
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "not built yet" in lines[0] and command in lines[0]
-    assert not (tmp_path / "run").exists()
+def test_serve_without_schedules_is_a_recipe_error(capsys):
+    assert main(["serve"]) == 2
+    assert "schedules: empty" in capsys.readouterr().err
 
 
 def test_recipe_errors_exit_2_and_name_the_key(capsys):

@@ -1,0 +1,151 @@
+"""Prefect flows: one per stage, and `build_and_train` chaining them.
+
+Every stage runs as a task whose cache key is the stage's *fingerprint*: the recipe values the
+stage depends on, the upstream stage's fingerprint and the source of the stage's own code. A
+finished stage writes its fingerprint to `<output>/_FLOW.json`; a rerun with the same
+fingerprint is a Prefect cache hit and does no work. A stage whose output is missing,
+incomplete (a crash) or stale (other inputs or code) runs again, and resumes from what it
+had written (img2dataset shards, the translation memory, training checkpoints).
+
+Flow parameters are plain strings (recipe path, overrides, run folder), so the same flows can
+be served as deployments with schedules (`vcla serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.context import TaskRunContext
+
+from pipelines.io import read_json, write_json
+from pipelines.recipe import Recipe, load_recipe
+from pipelines.stages import PIPELINE, STAGES, Stage
+
+REPO = Path(__file__).resolve().parent.parent
+MARKER = "_FLOW.json"
+
+
+@lru_cache(maxsize=None)
+def code_hash(paths: tuple[str, ...]) -> str:
+    """sha256 over the sources of the given modules / packages (relative to the repo)."""
+    h = hashlib.sha256()
+    for rel in paths:
+        target = REPO / rel
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        for f in files:
+            h.update(str(f.relative_to(REPO)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def fingerprint(stage: Stage, recipe: Recipe) -> str:
+    """What a stage's output depends on, hashed: config, code, output place, upstream output."""
+    upstream = STAGES[stage.upstream] if stage.upstream else None
+    parts = {
+        "stage": stage.name,
+        "config": _jsonable(stage.config(recipe)),
+        "code": code_hash(stage.code),
+        "output": str(stage.output(recipe)),
+        "upstream": recorded_fingerprint(upstream, recipe) if upstream else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def recorded_fingerprint(stage: Stage, recipe: Recipe) -> str | None:
+    out = stage.output(recipe)
+    if out is None or not (out / MARKER).is_file():
+        return None
+    return read_json(out / MARKER).get("fingerprint")
+
+
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    return parameters["key"]
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry I/O trouble (a network blip, a busy disk); a bad recipe or bad data fails at once."""
+    try:
+        state.result()
+    except (ConnectionError, TimeoutError, BlockingIOError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="stage", cache_key_fn=_cache_key, persist_result=True, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=_transient, task_run_name="{name}")
+def stage_task(name: str, key: str | None, spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Run one stage; `key` (its fingerprint) is what Prefect caches the result under."""
+    recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
+    stage = STAGES[name]
+    started = time.monotonic()
+    summary = stage.run(recipe, argparse.Namespace(**options))
+    summary = {**summary, "wall_s": round(time.monotonic() - started, 2)}
+    out = stage.output(recipe)
+    if out is not None and key is not None:
+        write_json(out / MARKER, {"fingerprint": key, "summary": summary})
+    return summary
+
+
+def run_stage(name: str, spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Submit a stage task: a cache hit when its output is complete and up to date."""
+    recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
+    stage = STAGES[name]
+    key = fingerprint(stage, recipe) if stage.output(recipe) is not None else None
+    current = recorded_fingerprint(stage, recipe) == key and key is not None
+    result = stage_task.with_options(refresh_cache=not current)(name, key, spec, options)
+    if current:
+        print(f"[{name}] up to date (fingerprint {key[:12]}); nothing to do")
+    return result
+
+
+def _spec(recipe: str, overrides: list[str] | None, run_dir: str | None) -> dict[str, Any]:
+    return {"recipe": str(recipe), "overrides": list(overrides or []), "run_dir": run_dir}
+
+
+def _stage_flow(name: str):
+    def body(recipe: str = "recipes/demo.yaml", overrides: list[str] | None = None,
+             run_dir: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        return run_stage(name, _spec(recipe, overrides, run_dir), {"command": name, **(options or {})})
+
+    body.__name__ = f"{name.replace('-', '_')}_flow"
+    return flow(name=name, log_prints=True)(body)
+
+
+STAGE_FLOWS = {name: _stage_flow(name) for name in PIPELINE}
+
+
+@flow(name="build-and-train", log_prints=True)
+def build_and_train(recipe: str = "recipes/demo.yaml", overrides: list[str] | None = None,
+                    run_dir: str | None = None) -> dict[str, Any]:
+    """Every stage in order; writes and prints the run summary."""
+    from pipelines.summary import summary_table, write_summary
+
+    spec = _spec(recipe, overrides, run_dir)
+    loaded = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
+    started = time.monotonic()
+    results = {}
+    for name in PIPELINE:
+        print(f"[build-and-train] {name} ...")
+        results[name] = run_stage(name, spec, {"command": "build-and-train"})
+    summary = write_summary(loaded, results, time.monotonic() - started)
+    print(summary_table(summary))
+    return summary
