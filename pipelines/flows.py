@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -109,12 +110,27 @@ def run_stage(name: str, spec: dict[str, Any], options: dict[str, Any]) -> dict[
     """Submit a stage task: a cache hit when its output is complete and up to date."""
     recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
     stage = STAGES[name]
-    key = fingerprint(stage, recipe) if stage.output(recipe) is not None else None
-    current = recorded_fingerprint(stage, recipe) == key and key is not None
+    out = stage.output(recipe)
+    key = fingerprint(stage, recipe) if out is not None else None
+    recorded = recorded_fingerprint(stage, recipe)
+    current = recorded == key and key is not None
+    if recorded is not None and not current:
+        _set_aside(name, out)
     result = stage_task.with_options(refresh_cache=not current)(name, key, spec, options)
     if current:
         print(f"[{name}] up to date (fingerprint {key[:12]}); nothing to do")
     return result
+
+
+def _set_aside(name: str, out: Path) -> None:
+    """A finished output whose inputs or code changed is stale: keep it beside, start afresh.
+
+    (An output without a marker is an interrupted run; that one is resumed in place.)"""
+    stale = out.with_name(out.name + ".stale")
+    if stale.exists():
+        shutil.rmtree(stale)
+    out.rename(stale)
+    print(f"[{name}] inputs or code changed since {out} was made; moved it to {stale} and redoing the stage")
 
 
 def _spec(recipe: str, overrides: list[str] | None, run_dir: str | None) -> dict[str, Any]:
@@ -126,11 +142,21 @@ def _stage_flow(name: str):
              run_dir: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
         return run_stage(name, _spec(recipe, overrides, run_dir), {"command": name, **(options or {})})
 
-    body.__name__ = f"{name.replace('-', '_')}_flow"
+    # Deployments import a flow by its qualified name, so each one is a module attribute below.
+    body.__name__ = body.__qualname__ = f"{name.replace('-', '_')}_flow"
     return flow(name=name, log_prints=True)(body)
 
 
-STAGE_FLOWS = {name: _stage_flow(name) for name in PIPELINE}
+demo_data_flow = _stage_flow("demo-data")
+download_flow = _stage_flow("download")
+translate_flow = _stage_flow("translate")
+render_flow = _stage_flow("render")
+publish_flow = _stage_flow("publish")
+train_flow = _stage_flow("train")
+eval_flow = _stage_flow("eval")
+STAGE_FLOWS = {f.name: f for f in (demo_data_flow, download_flow, translate_flow, render_flow, publish_flow,
+                                   train_flow, eval_flow)}
+assert tuple(STAGE_FLOWS) == PIPELINE
 
 
 @flow(name="build-and-train", log_prints=True)

@@ -1,0 +1,85 @@
+"""build-and-train as Prefect flows on a real (test) Prefect server, on a tiny demo."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.flows import build_and_train
+from pipelines.stages import PIPELINE
+
+pytestmark = pytest.mark.xdist_group("prefect")
+
+TINY = ["demo.num_images=40", "stages.stage1.max_steps=2", "stages.stage2.max_steps=3",
+        "stages.stage1.batch_size=4", "stages.stage2.batch_size=4"]
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=100)
+            return {r.name: r.state.name for r in runs}
+
+    import asyncio
+    return asyncio.run(read())
+
+
+def run(run_dir: Path, extra: list[str] = ()):
+    state = build_and_train(recipe="recipes/demo.yaml", overrides=TINY + list(extra), run_dir=str(run_dir),
+                            return_state=True)
+    assert state.is_completed(), state
+    return state.state_details.flow_run_id, state.result()
+
+
+@pytest.fixture(scope="module")
+def finished_run(prefect_server, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("flows") / "run"
+    flow_run_id, summary = run(run_dir)
+    return run_dir, flow_run_id, summary
+
+
+def test_summary_covers_every_stage(finished_run):
+    run_dir, _, summary = finished_run
+    written = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    assert set(written["stages"]) == set(PIPELINE)
+    heldout = (run_dir / "demo-data" / "heldout" / "eval_zh.jsonl").read_text(encoding="utf-8").splitlines()
+    assert written["eval"]["n"] == len(heldout)
+    assert 0.0 <= written["eval"]["accuracy"] <= 1.0
+    assert isinstance(written["eval"]["chat"]["answer"], str)
+    download = written["stages"]["download"]
+    assert download["read"] == download["kept"] + sum(download["rejected"].values())
+    assert written["stages"]["train"]["stage1"]["steps"] == 2 and written["stages"]["train"]["stage2"]["steps"] == 3
+    assert written["stages"]["publish"]["skipped"]
+    for stage in ("download", "translate", "render", "train", "eval"):
+        assert json.loads((run_dir / stage / "_FLOW.json").read_text())["fingerprint"]
+
+
+def test_first_run_computes_every_stage(finished_run):
+    _, flow_run_id, _ = finished_run
+    states = task_states(flow_run_id)
+    assert set(states) == set(PIPELINE) and set(states.values()) == {"Completed"}
+
+
+def test_rerun_does_no_work_and_a_changed_stage_reruns_downstream_only(finished_run):
+    run_dir, _, first = finished_run
+    shards = sorted((run_dir / "render" / "data").rglob("*.parquet"))
+    mtimes = {p: p.stat().st_mtime_ns for p in shards}
+
+    flow_run_id, again = run(run_dir)
+    states = task_states(flow_run_id)
+    assert {states[s] for s in PIPELINE if s != "publish"} == {"Cached"}
+    assert again["eval"] == first["eval"]
+    assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
+
+    flow_run_id, _ = run(run_dir, ["stages.stage2.max_steps=4"])
+    states = task_states(flow_run_id)
+    assert [states[s] for s in ("demo-data", "download", "translate", "render")] == ["Cached"] * 4
+    assert states["train"] == "Completed" and states["eval"] == "Completed"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stages"]["train"]["stage2"]["steps"] == 4
