@@ -126,9 +126,10 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _stage_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from pipelines.flows import STAGE_FLOWS
+        from pipelines.flows import STAGE_FLOWS, with_runner
 
-        STAGE_FLOWS[name](**_spec(args), options=_options(args))
+        spec = _spec(args)
+        with_runner(STAGE_FLOWS[name], spec)(**spec, options=_options(args))
         return 0
     return run
 
@@ -141,9 +142,10 @@ def _direct_command(fn_name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _build_and_train(args: argparse.Namespace) -> int:
-    from pipelines.flows import build_and_train
+    from pipelines.flows import build_and_train, with_runner
 
-    build_and_train(**_spec(args))
+    spec = _spec(args)
+    with_runner(build_and_train, spec)(**spec)
     return 0
 
 

@@ -137,6 +137,14 @@ def _spec(recipe: str, overrides: list[str] | None, run_dir: str | None) -> dict
     return {"recipe": str(recipe), "overrides": list(overrides or []), "run_dir": run_dir}
 
 
+def with_runner(flow_obj, spec: dict[str, Any]):
+    """The flow with the recipe's task runner (threads by default, Dask or Ray from the recipe)."""
+    from pipelines.runners import task_runner
+
+    recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
+    return flow_obj.with_options(task_runner=task_runner(recipe.task_runner))
+
+
 def _stage_flow(name: str):
     def body(recipe: str = "recipes/demo.yaml", overrides: list[str] | None = None,
              run_dir: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:

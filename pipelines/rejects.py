@@ -20,8 +20,9 @@ class RejectWriter:
     recorded, and a rerun writes the file anew (`mode="w"`) before it re-reads its input.
     """
 
-    def __init__(self, folder: str | Path, stage: str, stats: StageStats, mode: str = "w") -> None:
-        self.path = Path(folder) / f"{stage}.jsonl"
+    def __init__(self, folder: str | Path, stage: str, stats: StageStats, mode: str = "w",
+                 name: str | None = None) -> None:
+        self.path = Path(folder) / f"{name or stage}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stage = stage
         self.stats = stats
@@ -50,6 +51,15 @@ class RejectWriter:
         self._f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         self._f.flush()
         self.stats.count_rejected(source, reason)
+
+    def copy_from(self, path: str | Path) -> None:
+        """Append the rows of another writer's file (a worker's part), already counted elsewhere."""
+        path = Path(path)
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    self._f.write(line)
+            self._f.flush()
 
     def close(self) -> None:
         self._f.close()

@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -61,6 +61,7 @@ HIDDEN_COLUMNS = tuple(HIDDEN)
 SPILL_SCHEMA = pa.schema([*ROW_SCHEMA.remove_metadata(), *(pa.field(k, t) for k, t in HIDDEN.items())])
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 MAX_BUCKETS = 256
+Mapper = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
 
 class RenderReject(Exception):
@@ -244,11 +245,12 @@ def _plain_messages(messages: list[dict] | None) -> list[dict] | None:
 
 
 def spill_rows(
-    records: Iterator[tuple[Record, str]], builder: RowBuilder, rejects: RejectWriter, spill: BucketSpill
+    records: Iterator[tuple[Record, str]], builder: RowBuilder, rejects: RejectWriter, spill: BucketSpill,
+    order_base: int = 0,
 ) -> int:
     """Build every record's row into the spill; returns how many rows were spilled."""
     n = 0
-    for order, (record, loc) in enumerate(records):
+    for order, (record, loc) in enumerate(records, start=order_base):
         try:
             row = builder.build(record, loc, order)
         except RenderReject as e:
@@ -261,6 +263,63 @@ def spill_rows(
         spill.add(row, len(row["image"]["bytes"]) + 1024 if row["image"] else 1024)
         n += 1
     return n
+
+
+@dataclass(frozen=True)
+class SpillJob:
+    """One unit of parallel work: build and spill the rows of one input file."""
+
+    cfg: Any  # RenderConfig
+    in_dir: Path
+    work: Path
+    index: int
+    path: Path
+    buckets: int
+
+
+def make_builder(cfg: Any, in_dir: Path) -> RowBuilder:
+    return RowBuilder(
+        pretrain=get_template(cfg.pretrain_template), sft=get_template(cfg.sft_template),
+        policy=HintPolicy(cfg.vqa_hint, cfg.vqa_hint_max_chars), images=ImageLoader(in_dir),
+        seed=cfg.seed, validation_fraction=cfg.validation_fraction,
+    )
+
+
+def spill_part(job: SpillJob) -> tuple[list[tuple[Path, int, int]], dict[str, Any]]:
+    """Rows of one input file into its own bucket set; rejections into its own file.
+
+    The input position of a row is (file index, line) packed into one integer, so the merged
+    buckets sort exactly as a sequential pass would have, whichever worker ran which file."""
+    stats = StageStats(stage=STAGE_NAME)
+    name = f"part-{job.index:05d}"
+    with RejectWriter(job.work / "rejected", STAGE_NAME, stats, name=name) as rejects:
+        spill = BucketSpill(job.work / "spill" / name, SPILL_SCHEMA, job.buckets)
+        spill_rows(read_records([job.path], rejects), make_builder(job.cfg, job.in_dir), rejects, spill,
+                   order_base=job.index << 32)
+        return spill.close(), stats.to_dict()
+
+
+def merge_parts(parts: list[list[tuple[Path, int, int]]], folder: Path) -> list[tuple[Path, int, int]]:
+    """Concatenate each bucket of every part (in part order) into one bucket file, in key order."""
+    by_range: dict[tuple[int, int], list[Path]] = {}
+    for part in parts:
+        for path, lo, hi in part:
+            by_range.setdefault((lo, hi), []).append(path)
+    merged = []
+    for i, ((lo, hi), paths) in enumerate(sorted(by_range.items())):
+        target = folder / f"bucket-{i:05d}.arrow"
+        with pa.ipc.new_file(str(target), SPILL_SCHEMA) as writer:
+            for path in paths:
+                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                for b in range(reader.num_record_batches):
+                    writer.write_batch(reader.get_batch(b))
+                path.unlink()
+        merged.append((target, lo, hi))
+    return merged
+
+
+def _serial_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    return [fn(item) for item in items]
 
 
 # ---- 4. mixing plan --------------------------------------------------------------------------
@@ -396,8 +455,11 @@ def estimate_buckets(files: list[Path], images: ImageLoader, bucket_bytes: int, 
     return max(1, min(MAX_BUCKETS, math.ceil(total / bucket_bytes)))
 
 
-def run_render(recipe: Any, in_dir: Path, out_dir: Path) -> StageStats:
-    """Render `in_dir/records/*.jsonl` into the shard set `out_dir`; a finished `out_dir` is kept."""
+def run_render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper = _serial_map) -> StageStats:
+    """Render `in_dir/records/*.jsonl` into the shard set `out_dir`; a finished `out_dir` is kept.
+
+    `mapper(fn, items)` runs the per-file row building; the flows pass one that submits Prefect
+    tasks to the recipe's task runner (threads, Dask, Ray). The output is the same either way."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if is_done(out_dir):
         return StageStats.from_dict(read_json(out_dir / "stats.json"))
@@ -405,20 +467,19 @@ def run_render(recipe: Any, in_dir: Path, out_dir: Path) -> StageStats:
     files = sorted((in_dir / "records").glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{in_dir / 'records'}: no *.jsonl records to render (run translate first)")
-    builder = RowBuilder(
-        pretrain=get_template(cfg.pretrain_template), sft=get_template(cfg.sft_template),
-        policy=HintPolicy(cfg.vqa_hint, cfg.vqa_hint_max_chars), images=ImageLoader(in_dir),
-        seed=cfg.seed, validation_fraction=cfg.validation_fraction,
-    )
     work = out_dir / "_work"
     for stale in (work, out_dir / "data"):
         remove_tree(stale)
     stats = StageStats(stage=STAGE_NAME)
     bucket_bytes = cfg.bucket_mb << 20
+    n_buckets = estimate_buckets(files, ImageLoader(in_dir), bucket_bytes)
+    jobs = [SpillJob(cfg, in_dir, work, i, path, n_buckets) for i, path in enumerate(files)]
+    results = mapper(spill_part, jobs)
     with RejectWriter(out_dir / "rejected", STAGE_NAME, stats) as rejects:
-        spill = BucketSpill(work / "spill", SPILL_SCHEMA, estimate_buckets(files, builder.images, bucket_bytes))
-        spill_rows(read_records(files, rejects), builder, rejects, spill)
-        buckets = list(bucket_files(spill.close(), 2 * bucket_bytes))
+        for job, (_, part_stats) in zip(jobs, results):
+            stats.merge(StageStats.from_dict(part_stats))
+            rejects.copy_from(work / "rejected" / f"part-{job.index:05d}.jsonl")
+        buckets = list(bucket_files(merge_parts([parts for parts, _ in results], work / "spill"), 2 * bucket_bytes))
         plan = plan_mix(buckets, cfg.text_per_multimodal)
         writers = _writers(work / "shards", cfg)
         counts = write_shards(buckets, plan, rejects, writers)

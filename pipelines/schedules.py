@@ -15,7 +15,7 @@ from pipelines.recipe import Recipe, RecipeError
 
 
 def deployments(recipe: Recipe, spec: dict[str, Any]) -> list:
-    from pipelines.flows import STAGE_FLOWS, build_and_train
+    from pipelines.flows import STAGE_FLOWS, build_and_train, with_runner
 
     flows = {**STAGE_FLOWS, "build-and-train": build_and_train}
     if not recipe.schedules:
@@ -23,7 +23,7 @@ def deployments(recipe: Recipe, spec: dict[str, Any]) -> list:
     out = []
     for i, sched in enumerate(recipe.schedules):
         trigger = {"cron": sched.cron} if sched.cron else {"interval": sched.interval_s}
-        out.append(flows[sched.flow].to_deployment(
+        out.append(with_runner(flows[sched.flow], spec).to_deployment(
             name=f"{recipe.name}-{sched.flow}-{i}", parameters=spec, tags=["visualcla-forge", recipe.name],
             description=f"{sched.flow} of recipe {recipe.name} ({recipe.file})", **trigger))
     return out

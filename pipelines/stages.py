@@ -62,8 +62,9 @@ def _translate(recipe: Recipe, options: Options) -> dict[str, Any]:
 
 def _render(recipe: Recipe, options: Options) -> dict[str, Any]:
     from pipelines.render import run_render
+    from pipelines.runners import map_in_tasks
 
-    return run_render(recipe, recipe.run_dir / "translate", recipe.run_dir / "render").to_dict()
+    return run_render(recipe, recipe.run_dir / "translate", recipe.run_dir / "render", map_in_tasks).to_dict()
 
 
 def _publish(recipe: Recipe, options: Options) -> dict[str, Any]:
@@ -166,7 +167,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           lambda r: r.translator, _DATA_CODE + ("pipelines/translate.py", "translators"), "download"),
     Stage("render", _render, lambda r: r.run_dir / "render",
           lambda r: (r.render, r.publish.license), _DATA_CODE + ("pipelines/render.py", "pipelines/shards.py",
-                                                                 "pipelines/card.py", "templates"), "translate"),
+                                                                 "pipelines/card.py", "pipelines/rejects.py",
+                                                                 "templates"), "translate"),
     Stage("publish", _publish, lambda r: None, lambda r: r.publish, ("pipelines/publish.py",), "render"),
     Stage("train", _train, lambda r: r.run_dir / "train", lambda r: (r.model, r.stages, r.seed),
           ("training", "templates"), "render"),
