@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipelines.card import write_card_files
 from pipelines.io import is_done, mark_done, read_json, write_json
+from pipelines.progress import bar, count_lines, counted
 from pipelines.rejects import RejectWriter
 from pipelines.shards import (
     KEY, ORDER, BucketSpill, ShardFile, ShardWriter, bucket_files, finalize, first_of_each_id, read_bucket,
@@ -294,8 +295,8 @@ def spill_part(job: SpillJob) -> tuple[list[tuple[Path, int, int]], dict[str, An
     name = f"part-{job.index:05d}"
     with RejectWriter(job.work / "rejected", STAGE_NAME, stats, name=name) as rejects:
         spill = BucketSpill(job.work / "spill" / name, SPILL_SCHEMA, job.buckets)
-        spill_rows(read_records([job.path], rejects), make_builder(job.cfg, job.in_dir), rejects, spill,
-                   order_base=job.index << 32)
+        with bar(count_lines(job.path), f"render {job.path.stem}") as pb:
+            spill_rows(counted(read_records([job.path], rejects), pb), make_builder(job.cfg, job.in_dir), rejects, spill, order_base=job.index << 32)
         return spill.close(), stats.to_dict()
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from pipelines.io import atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, write_json
+from pipelines.progress import bar, count_lines
 from pipelines.recipe import Recipe
 from pipelines.rejects import RejectWriter
 from pipelines.stats import StageStats
@@ -106,14 +107,14 @@ async def _translate_file(
     """Windows of records are translated with up to `WINDOWS_IN_FLIGHT` at once, so the requests
     of one window's slow tail overlap the next; they are written in input order."""
     in_flight: deque[asyncio.Task[list[_Item]]] = deque()
-    with atomic_open(out_path, "w", encoding="utf-8") as out:
+    with atomic_open(out_path, "w", encoding="utf-8") as out, bar(count_lines(path), f"translate {path.stem}") as pb:
         try:
             for window in _windows(_read_records(path, stats, rejects), translator.config.window_records):
                 in_flight.append(asyncio.create_task(_translate_window(window, translator, stats, rejects)))
                 if len(in_flight) >= WINDOWS_IN_FLIGHT:
-                    _write(await in_flight.popleft(), out, stats)
+                    pb.update(_write(await in_flight.popleft(), out, stats))
             while in_flight:
-                _write(await in_flight.popleft(), out, stats)
+                pb.update(_write(await in_flight.popleft(), out, stats))
         except BaseException:
             for task in in_flight:
                 task.cancel()
@@ -133,11 +134,13 @@ def _windows(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
         yield window
 
 
-def _write(window: list[_Item], out: IO, stats: StageStats) -> None:
+def _write(window: list[_Item], out: IO, stats: StageStats) -> int:
+    """Write a translated window in input order; returns how many input records it covered."""
     for it in window:
         if it.record is not None:
             out.write(json.dumps(_as_row(it.record), ensure_ascii=False) + "\n")
             stats.count_kept(it.record.source)
+    return len(window)
 
 
 def _read_records(path: Path, stats: StageStats, rejects: RejectWriter) -> Iterator[_Item]:
