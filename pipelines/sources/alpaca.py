@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import Item, MissingField, content_id, need, source_lang
+from pipelines.sources.common import content_id, Item, MissingField, need, source_lang, to_item
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_items
 from templates.schema import Record, make_id
 
@@ -20,10 +20,7 @@ def read_alpaca(cfg: SourceConfig) -> Iterator[Item]:
         if isinstance(row, JsonStreamError):
             yield Item.bad(row.location, "invalid_json", row.reason)
             continue
-        try:
-            yield Item(location=location, record=make_record(cfg, row))
-        except MissingField as err:
-            yield Item.bad(location, "missing_field", str(err), raw=row)
+        yield to_item(location, row, lambda: make_record(cfg, row))
 
 
 def make_record(cfg: SourceConfig, row: dict) -> Record:

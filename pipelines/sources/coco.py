@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import Item, MissingField, caption_messages, need, resolve_image, source_lang
+from pipelines.sources.common import (
+    caption_messages, Item, MissingField, need, resolve_image, source_lang, to_item,
+)
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import Record, make_id
 
@@ -28,12 +30,7 @@ def read_coco_captions(cfg: SourceConfig) -> Iterator[Item]:
         captions = cfg.annotations or cfg.path
         for index, row in iter_json_array(captions, key="annotations"):
             location = f"{captions}[{index}]"
-            try:
-                yield Item(location=location, record=make_record(cfg, row, images))
-            except MissingField as err:
-                yield Item.bad(location, "missing_field", str(err), raw=row)
-            except ValueError as err:
-                yield Item.bad(location, "image_template_error", str(err), raw=row)
+            yield to_item(location, row, lambda: make_record(cfg, row, images))
     except JsonStreamError as err:
         yield Item.bad(err.location, "invalid_json", err.reason)
 

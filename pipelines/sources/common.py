@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,15 @@ def single_image(value: Any) -> str | None:
             raise TooManyImages(f"{len(value)} images; a record carries one")
         return value[0]
     raise MissingField(f"image must be a string or a list of strings, got {type(value).__name__}")
+
+
+def to_item(location: str, row: Any, build: Callable[[], Record]) -> Item:
+    """The record `build()` makes of `row`, or the rejection its error names; never raises on data."""
+    try:
+        return Item(location=location, record=build())
+    except MissingField as err:
+        return Item.bad(location, "missing_field", str(err), raw=row)
+    except TooManyImages as err:
+        return Item.bad(location, "too_many_images", str(err), raw=row)
+    except ValueError as err:
+        return Item.bad(location, "image_template_error", str(err), raw=row)

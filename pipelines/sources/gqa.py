@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import Item, MissingField, need, qa_messages, resolve_image, source_lang
+from pipelines.sources.common import Item, need, qa_messages, resolve_image, source_lang, to_item
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_object
 from templates.schema import Record, make_id
 
@@ -24,12 +24,7 @@ def read_gqa(cfg: SourceConfig) -> Iterator[Item]:
     try:
         for qid, row in iter_json_object(cfg.path):
             location = f"{cfg.path}[{qid!r}]"
-            try:
-                yield Item(location=location, record=make_record(cfg, qid, row))
-            except MissingField as err:
-                yield Item.bad(location, "missing_field", str(err), raw=row)
-            except ValueError as err:
-                yield Item.bad(location, "image_template_error", str(err), raw=row)
+            yield to_item(location, row, lambda: make_record(cfg, qid, row))
     except JsonStreamError as err:
         yield Item.bad(err.location, "invalid_json", err.reason)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    Item, MissingField, TooManyImages, need, resolve_image, single_image, source_lang, to_messages,
+    Item, need, resolve_image, single_image, source_lang, to_item, to_messages,
 )
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import IMAGE_PLACEHOLDER, Record, make_id
@@ -49,14 +49,7 @@ def read_llava(cfg: SourceConfig) -> Iterator[Item]:
     try:
         for index, row in iter_json_array(cfg.path):
             location = f"{cfg.path}[{index}]"
-            try:
-                yield Item(location=location, record=make_record(cfg, row, part))
-            except MissingField as err:
-                yield Item.bad(location, "missing_field", str(err), raw=row)
-            except TooManyImages as err:
-                yield Item.bad(location, "too_many_images", str(err), raw=row)
-            except ValueError as err:
-                yield Item.bad(location, "image_template_error", str(err), raw=row)
+            yield to_item(location, row, lambda: make_record(cfg, row, part))
     except JsonStreamError as err:
         yield Item.bad(err.location, "invalid_json", err.reason)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    Item, MissingField, TooManyImages, content_id, resolve_image, single_image, source_lang, to_messages,
+    content_id, Item, MissingField, resolve_image, single_image, source_lang, to_item, to_messages,
 )
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_items
 from templates.schema import Record, make_id
@@ -26,14 +26,7 @@ def read_sharegpt(cfg: SourceConfig) -> Iterator[Item]:
         if isinstance(row, JsonStreamError):
             yield Item.bad(row.location, "invalid_json", row.reason)
             continue
-        try:
-            yield Item(location=location, record=make_record(cfg, row))
-        except MissingField as err:
-            yield Item.bad(location, "missing_field", str(err), raw=row)
-        except TooManyImages as err:
-            yield Item.bad(location, "too_many_images", str(err), raw=row)
-        except ValueError as err:
-            yield Item.bad(location, "image_template_error", str(err), raw=row)
+        yield to_item(location, row, lambda: make_record(cfg, row))
 
 
 def make_record(cfg: SourceConfig, row: Any) -> Record:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    Item, MissingField, majority_answer, need, qa_messages, resolve_image, source_lang,
+    Item, majority_answer, MissingField, need, qa_messages, resolve_image, source_lang, to_item,
 )
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import Record, make_id
@@ -27,12 +27,7 @@ def read_textvqa(cfg: SourceConfig) -> Iterator[Item]:
     try:
         for index, row in iter_json_array(cfg.path, key="data"):
             location = f"{cfg.path}[{index}]"
-            try:
-                yield Item(location=location, record=make_record(cfg, row))
-            except MissingField as err:
-                yield Item.bad(location, "missing_field", str(err), raw=row)
-            except ValueError as err:
-                yield Item.bad(location, "image_template_error", str(err), raw=row)
+            yield to_item(location, row, lambda: make_record(cfg, row))
     except JsonStreamError as err:
         yield Item.bad(err.location, "invalid_json", err.reason)
 
