@@ -126,7 +126,7 @@ def _eval(recipe: Recipe, options: Options) -> dict[str, Any]:
     print(f"[eval] {checkpoint.name}: accuracy {metrics['accuracy']:.3f} on {metrics['n']} questions")
     first = json.loads(split.read_text(encoding="utf-8").splitlines()[0])
     image = split.parent.parent / first["image"]
-    question = "请描述这张图片。"
+    question = "请详细描述这张图片。"  # one of the demo's LLaVA "detail" prompts
     answer, _ = chat(ChatModel.load(checkpoint), image, question, do_sample=False)
     print(f"[eval] chat about {first['image']}: {question} -> {answer}")
     return {"accuracy": metrics["accuracy"], "n": metrics["n"], "checkpoint": str(checkpoint),

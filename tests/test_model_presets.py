@@ -46,8 +46,8 @@ def qformer() -> int:  # BERT-base Q-Former, cross-attention (from 1408) every 2
     return 2 * h + 12 * per_layer + 6 * cross + 32 * h
 
 
-def resampler(h=1024, i=4096, layers=6, queries=64) -> int:
-    return queries * h + layers * (4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h)
+def resampler(h=1024, i=4096, layers=6, queries=64) -> int:  # queries, their positions, their LayerNorm
+    return 2 * queries * h + 2 * h + layers * (4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h)
 
 
 def _folder(tmp: Path, name: str, config) -> str:
@@ -126,3 +126,15 @@ def test_ziya_visual_14b(model_folders):
     assert count_parameters(setup_stage(model, stages["stage1"].trainable, stages["stage1"].lora))[1] == projection
     lora = 40 * 4 * 8 * (5120 + 5120)
     assert count_parameters(setup_stage(on_meta(cfg), stages["stage2"].trainable, stages["stage2"].lora))[1] == lora + projection
+
+
+def test_resampler_query_tokens_are_not_all_the_same():
+    import torch
+
+    from training.connectors import Resampler
+
+    resampler = Resampler(vision_width=16, hidden=32, num_queries=8, num_layers=2, num_heads=4)
+    out = resampler(torch.randn(2, 10, 16))
+    assert out.shape == (2, 8, 32)
+    assert torch.all(resampler.queries == 0)  # zero-initialised, as in the release
+    assert (out[:, 0] - out[:, 1]).abs().max() > 1e-3  # but each slot has its own position

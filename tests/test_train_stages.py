@@ -201,21 +201,27 @@ def test_chat_and_evaluate(visualcla_run, tmp_path):
 
 @pytest.mark.slow
 def test_two_steps_under_torchrun_on_cpu(shards, tmp_path):
+    import socket
+
     script = tmp_path / "ddp.py"
     script.write_text(
-        "import sys, json\n"
+        "import sys, json, os\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from pathlib import Path\n"
         "from tests.test_train_stages import model_cfg, stage\n"
         "from training.run import train_stage\n"
         f"m = train_stage(model_cfg(), 'stage1', stage(max_steps=2, save_steps=10), Path({str(shards)!r}), "
         f"Path({str(tmp_path / 'train' / 'stage1')!r}))\n"
-        "print('METRICS', json.dumps({k: m[k] for k in ('steps', 'world_size', 'losses')}))\n"
+        f"out = Path({str(tmp_path)!r}) / f\"metrics-{{os.environ['RANK']}}.json\"\n"
+        "out.write_text(json.dumps({k: m[k] for k in ('steps', 'world_size', 'losses')}))\n"
     )
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
-                           str(script)], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), str(script)], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = [json.loads(l.split("METRICS ", 1)[1]) for l in proc.stdout.splitlines() if l.startswith("METRICS")]
-    assert len(metrics) == 2 and all(m["steps"] == 2 and m["world_size"] == 2 for m in metrics)
+    metrics = [json.loads((tmp_path / f"metrics-{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(m["steps"] == 2 and m["world_size"] == 2 for m in metrics)
     assert (tmp_path / "train" / "stage1" / "adapter_model.safetensors").is_file()

@@ -51,12 +51,18 @@ class ResamplerLayer(nn.Module):
 
 
 class Resampler(nn.Module):
-    """VisualCLA's visual resampler: zero-initialised learnable queries, `num_layers` layers."""
+    """VisualCLA's visual resampler: zero-initialised learnable queries, `num_layers` layers.
+
+    As in BERT's embeddings, each query slot adds a learned position embedding and the sum is
+    layer-normalised: without that the zero queries are identical, get identical gradients and
+    stay identical, so the N image tokens collapse into one token repeated N times."""
 
     def __init__(self, vision_width: int, hidden: int, num_queries: int, num_layers: int, num_heads: int,
                  intermediate: int | None = None) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.zeros(num_queries, hidden))
+        self.query_positions = nn.Parameter(torch.randn(num_queries, hidden) * 0.02)
+        self.query_norm = nn.LayerNorm(hidden, eps=1e-12)  # BERT's embedding LayerNorm
         self.input_projection = nn.Linear(vision_width, hidden) if vision_width != hidden else nn.Identity()
         self.layers = nn.ModuleList(
             ResamplerLayer(hidden, num_heads, intermediate or 4 * hidden) for _ in range(num_layers)
@@ -64,7 +70,9 @@ class Resampler(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = self.input_projection(features)
-        queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1).to(features.dtype)
+        queries = self.query_norm(self.queries + self.query_positions)
+        queries = queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        queries = queries.to(features.dtype)
         for layer in self.layers:
             queries = layer(queries, features)
         return queries

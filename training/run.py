@@ -209,7 +209,7 @@ def train_stage(
         gradient_checkpointing=stage_cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if stage_cfg.gradient_checkpointing else None,
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None, ddp_find_unused_parameters=world > 1,
-        disable_tqdm=True, **flags,
+        disable_tqdm=os.environ.get("VCLA_PROGRESS") == "0" or rank != 0, **flags,  # steps, ETA
     )
     torch.manual_seed(seed)
 

@@ -24,7 +24,7 @@ from pipelines.demo.texts import Pair, VQAItem
 from pipelines.io import sha256_file
 from pipelines.recipe import DemoConfig
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "demo_manifest.json"
 JPEG_QUALITY = 92
 LLAVA_FRACTION = 0.35  # share of training images that also get a LLaVA item

@@ -102,10 +102,11 @@ def sample_scene(image_id: int, rng: random.Random, min_size: int = 96, max_size
     colors = rng.sample(range(len(COLORS)), n)
     cells = rng.sample(sorted(POSITIONS), n)
     shapes = tuple(Shape(k, c, cell) for k, c, cell in zip(kinds, colors, cells))
+    side = rng.randint(min_size, max_size)  # square: letterboxing and centre-cropping then agree
     return Scene(
         image_id=image_id,
-        width=rng.randint(min_size, max_size),
-        height=rng.randint(min_size, max_size),
+        width=side,
+        height=side,
         background=rng.randrange(len(BACKGROUNDS)),
         shapes=tuple(sorted(shapes, key=lambda s: s.cell)),
         draw_seed=rng.getrandbits(32),
