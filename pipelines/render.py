@@ -310,10 +310,11 @@ def merge_parts(parts: list[list[tuple[Path, int, int]]], folder: Path) -> list[
     for i, ((lo, hi), paths) in enumerate(sorted(by_range.items())):
         target = folder / f"bucket-{i:05d}.arrow"
         with pa.ipc.new_file(str(target), SPILL_SCHEMA) as writer:
-            for path in paths:
-                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-                for b in range(reader.num_record_batches):
-                    writer.write_batch(reader.get_batch(b))
+            for path in paths:  # a plain file, not a memory map: copied pages would count as RSS
+                with pa.OSFile(str(path), "rb") as f:
+                    reader = pa.ipc.open_file(f)
+                    for b in range(reader.num_record_batches):
+                        writer.write_batch(reader.get_batch(b))
                 path.unlink()
         merged.append((target, lo, hi))
     return merged
