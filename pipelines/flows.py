@@ -31,6 +31,7 @@ from pipelines.stages import PIPELINE, STAGES, Stage
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "_FLOW.json"
+PARTIAL_OPTIONS = ("stage", "checkpoint")
 
 
 @lru_cache(maxsize=None)
@@ -111,10 +112,12 @@ def run_stage(name: str, spec: dict[str, Any], options: dict[str, Any]) -> dict[
     recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
     stage = STAGES[name]
     out = stage.output(recipe)
-    key = fingerprint(stage, recipe) if out is not None else None
+    # `train --stage s` or `eval --checkpoint c` does part of a stage: not cached, not marked done
+    partial = any(options.get(k) for k in PARTIAL_OPTIONS)
+    key = fingerprint(stage, recipe) if out is not None and not partial else None
     recorded = recorded_fingerprint(stage, recipe)
     current = recorded == key and key is not None
-    if recorded is not None and not current:
+    if recorded is not None and not current and not partial:
         _set_aside(name, out)
     result = stage_task.with_options(refresh_cache=not current)(name, key, spec, options)
     if current:

@@ -84,3 +84,20 @@ def test_rerun_does_no_work_and_a_changed_stage_reruns_downstream_only(finished_
     assert states["train"] == "Completed" and states["eval"] == "Completed"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stages"]["train"]["stage2"]["steps"] == 4
+
+
+def test_training_one_stage_does_not_mark_the_train_stage_done(prefect_server, tmp_path):
+    from pipelines.flows import STAGE_FLOWS
+
+    spec = {"recipe": "recipes/demo.yaml", "overrides": TINY, "run_dir": str(tmp_path / "run")}
+    for name in ("demo-data", "download", "translate", "render"):
+        assert STAGE_FLOWS[name](**spec, return_state=True).is_completed()
+    state = STAGE_FLOWS["train"](**spec, options={"command": "train", "stage": "stage1"}, return_state=True)
+    assert state.is_completed()
+    assert (tmp_path / "run" / "train" / "stage1" / "stage.json").is_file()
+    assert not (tmp_path / "run" / "train" / "stage2").exists()
+    assert not (tmp_path / "run" / "train" / "_FLOW.json").exists()  # the train stage is not complete
+
+    _, summary = run(tmp_path / "run")  # build-and-train then trains what is missing
+    assert summary["stages"]["train"]["stage2"]["steps"] == 3
+    assert (tmp_path / "run" / "train" / "_FLOW.json").is_file()
