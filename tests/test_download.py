@@ -37,7 +37,7 @@ CASES = {
     "/gray.jpg": (Route(encode(two_colour(mode="L"), "JPEG")), {(16, 32): (76, 76, 76)}),
     "/404.jpg": (None, "image_http_404"),
     "/500.jpg": (Route(b"oops", 500, "text/plain"), "image_http_500"),
-    "/slow.jpg": (Route(jpeg_bytes(), delay_s=3.0), "image_timeout"),
+    "/slow.jpg": (Route(jpeg_bytes(), delay_s=8.0), "image_timeout"),
     "/html.jpg": (Route(HTML_PAGE), "image_not_an_image"),
     "/truncated.jpg": (Route(truncated_jpeg()), "image_truncated"),
     "/empty.jpg": (Route(b""), "image_empty"),
@@ -91,7 +91,7 @@ def make_recipe(tmp: Path, server: ImageServer) -> Recipe:
              "image_template": "COCO_train2014_{image}"},
         ],
         "download": {"image_size": 64, "resize_mode": "border", "processes": 2, "threads": 4, "retries": 0,
-                     "timeout_s": 1.0, "samples_per_shard": 8, "allowed_file_roots": [str(allowed)]},
+                     "timeout_s": 3.0, "samples_per_shard": 8, "allowed_file_roots": [str(allowed)]},
     })
 
 

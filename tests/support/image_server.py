@@ -29,6 +29,13 @@ class Route:
     """Seconds to wait before answering (to provoke client timeouts)."""
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops SYNs when img2dataset opens a burst of connections
+    # on a loaded 2-core CI box; a dropped SYN is retried after 1 s and reads as a timeout.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class ImageServer:
     """ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread."""
 
@@ -36,8 +43,7 @@ class ImageServer:
         self.routes = dict(routes)
         self.hits: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
