@@ -39,7 +39,9 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from pipelines.io import atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, write_json
+from pipelines.io import (
+    atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, stage_storage_errors, write_json,
+)
 from pipelines.recipe import DownloadConfig, Recipe, RecipeError
 from pipelines.rejects import RejectWriter
 from pipelines.sources import read_located
@@ -72,8 +74,13 @@ class ImageRefError(ValueError):
 
 # -- the stage ------------------------------------------------------------------------------
 def run_download(recipe: Recipe, out_dir: Path) -> StageStats:
-    """Run the download stage into `out_dir`; returns its stats (also in out_dir/stats.json)."""
-    out_dir = Path(out_dir)
+    """Run the download stage into `out_dir`; returns its stats (also in out_dir/stats.json).
+    A full disk or a permission error stops the stage with a message naming the path."""
+    with stage_storage_errors(STAGE, out_dir):
+        return _download(recipe, Path(out_dir))
+
+
+def _download(recipe: Recipe, out_dir: Path) -> StageStats:
     if is_done(out_dir):
         stats = StageStats.from_dict(read_json(out_dir / "stats.json"))
         print(f"[{STAGE}] {out_dir} is complete (_SUCCESS); nothing to do")
@@ -93,6 +100,7 @@ def run_download(recipe: Recipe, out_dir: Path) -> StageStats:
             fetch(urls, out_dir, recipe.download)
             clock.lap(stats, "fetch")
             results = load_results(out_dir / IMAGES, recipe.download.encode_format)
+            check_all_fetched(out_dir / IMAGES, urls, results, recipe.download.samples_per_shard)
         for source in recipe.sources:
             join(source.name, out_dir, results, rejects)
         clock.lap(stats, "join")
@@ -194,14 +202,25 @@ def image_url(ref: str, allowed_roots: list[str]) -> str:
     """The URL img2dataset should fetch for an image reference, or ImageRefError.
 
     http(s) URLs pass; a local path or file:// URL must lie under one of `allowed_roots`
-    (already realpath'd) and becomes a file:// URL of its real path."""
-    parsed = urlparse(ref)
+    (already realpath'd) and becomes a file:// URL of its real path. A file:// URL naming a
+    host (other than localhost) is refused: it is not a local file."""
+    if not isinstance(ref, str) or "\x00" in ref:
+        raise ImageRefError("image_url_invalid", f"{ref!r}: not a URL or path (not text, or a NUL character)")
+    try:
+        parsed = urlparse(ref)
+    except ValueError as err:  # e.g. "http://[::1": an unclosed IPv6 host
+        raise ImageRefError("image_url_invalid", f"{ref!r}: cannot be parsed as a URL ({err})") from None
     if parsed.scheme in ("http", "https"):
         if not parsed.netloc:
             raise ImageRefError("image_url_invalid", f"{ref!r}: URL without a host")
         return ref
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ImageRefError("image_url_unsupported", f"{ref!r}: file:// URL on host {parsed.netloc!r} "
+                                "(only local files, file:///path, are read)")
         path = url2pathname(parsed.path)  # unquotes %xx
+        if "\x00" in path:
+            raise ImageRefError("image_url_invalid", f"{ref!r}: the path holds a NUL character (%00)")
     elif parsed.scheme == "":
         path = ref
     else:
@@ -231,6 +250,7 @@ def fetch(urls: list[str], out_dir: Path, cfg: DownloadConfig) -> None:
     if not (cfg.incremental and same):
         # Not img2dataset's "overwrite" mode: it deletes the _tmp folder it has just made.
         shutil.rmtree(images, ignore_errors=True)
+    drop_broken_shard_markers(images)
     with atomic_open(url_list, "wb") as f:
         pq.write_table(pa.table({"url": urls}), f)
     with atomic_open(marker, "w") as f:
@@ -245,6 +265,40 @@ def fetch(urls: list[str], out_dir: Path, cfg: DownloadConfig) -> None:
         import img2dataset
 
         img2dataset.download(**img2dataset_args(cfg, str(url_list), str(images)))
+
+
+def drop_broken_shard_markers(images: Path) -> None:
+    """img2dataset writes `<shard>_stats.json` (its "shard done" marker) in place: a run killed while
+    writing it leaves an empty or cut file that still counts as done. Remove such a marker, so the
+    shard is fetched again."""
+    for marker in images.glob("*_stats.json"):
+        try:
+            json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError:
+            print(f"[{STAGE}] {marker} was cut off by a crash; fetching that shard again")
+            marker.unlink()
+
+
+def check_all_fetched(images: Path, urls: list[str], results: dict[str, Fetched], per_shard: int) -> None:
+    """StageFailed if img2dataset has no verdict for some URLs: it gave up on a shard, or could not
+    write an image (it prints the error and goes on). Marking the stage done would drop those
+    records for good (a finished stage is not rerun), so their shards are marked unfinished (stats
+    file removed: the next run fetches them again) and the stage stops."""
+    shards = sorted({i // per_shard for i, url in enumerate(urls) if url not in results})
+    if not shards:
+        return
+    names = [f"{i:0{SHARD_DIGITS}d}" for i in shards]
+    for name in names:
+        (images / f"{name}_stats.json").unlink(missing_ok=True)
+    from pipelines.stages import StageFailed  # not at the top: pipelines.stages imports this module
+
+    free = shutil.disk_usage(images).free / 2**20
+    missing = sum(url not in results for url in urls)
+    raise StageFailed(
+        f"{STAGE}: img2dataset has no result for {missing} of {len(urls)} images, in shard(s) {', '.join(names)} "
+        f"of {-(-len(urls) // per_shard)} in {images}: it could not fetch or write them (its errors are printed "
+        f"above; usually a full disk or a folder it may not write to; {free:.0f} MiB free there). Fix that and "
+        "run the same command again: only these shards are fetched again")
 
 
 def fetch_fingerprint(urls: list[str], cfg: DownloadConfig) -> str:
@@ -329,8 +383,8 @@ def worker_env(max_image_pixels: int) -> Iterator[None]:
 def load_results(images_dir: Path, encode_format: str) -> dict[str, Fetched]:
     """URL -> what img2dataset did with it, from the per-shard parquet files.
 
-    Only shards with a `<shard>_stats.json` are complete; a URL in an unfinished shard has
-    no result and its records are rejected as `image_not_fetched` (a rerun retries them)."""
+    Only shards with a `<shard>_stats.json` are complete; a URL without a result (in an unfinished
+    shard, or one img2dataset could not write) stops the stage before the join (`check_all_fetched`)."""
     import pyarrow.parquet as pq
 
     results: dict[str, Fetched] = {}

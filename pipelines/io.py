@@ -2,14 +2,19 @@
 
 A reader must never see a half-written file: everything goes to a temp file in the same
 folder and is renamed into place. A stage (or a shard of one) is complete when its marker
-exists; reruns skip completed work.
+exists; reruns skip completed work. A write that fails for lack of space or permission is a
+`StorageError` naming the path and what to do; each stage reports it as `StageFailed`
+(`stage_storage_errors`), so `vcla` prints that message instead of a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,23 +22,90 @@ from pathlib import Path
 from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"
+FREE_SPACE = "free some space on that file system"
+STORAGE_ERRNOS = {
+    errno.ENOSPC: ("no space left on the device", FREE_SPACE),
+    errno.EDQUOT: ("disk quota exceeded", FREE_SPACE + " or raise the quota"),
+    errno.EFBIG: ("file larger than this process may write", "raise the file size limit (ulimit -f)"),
+    errno.EACCES: ("permission denied", "make {folder} writable for this user"),
+    errno.EPERM: ("operation not permitted", "make {folder} writable for this user"),
+    errno.EROFS: ("read-only file system", "mount {folder} read-write"),
+}
+"""errno -> (what happened, what to do) for the write errors a user can fix."""
+
+
+class StorageError(OSError):
+    """A write failed for lack of space or permission; the message names the path and what to do."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def storage_error(err: BaseException, path: str | Path) -> StorageError | None:
+    """The StorageError for `err` while writing `path`, or None when `err` is not about space or
+    permission. Works for errors that carry no file name (a failed write(), pyarrow's "[Errno 28]")."""
+    if isinstance(err, StorageError):
+        return err
+    code = getattr(err, "errno", None)
+    if code is None and (m := re.search(r"\[errno (\d+)\]|os error (\d+)", str(err), re.IGNORECASE)):
+        code = int(m.group(1) or m.group(2))
+    if code not in STORAGE_ERRNOS:
+        return None
+    where = Path(getattr(err, "filename", None) or path)
+    folder = next((p for p in where.parents if p.exists()), Path("/"))
+    cause, todo = STORAGE_ERRNOS[code]
+    free = shutil.disk_usage(folder).free / 2**20
+    out = StorageError(f"cannot write {where}: {cause} ({free:.0f} MiB free on that file system). To fix: "
+                       f"{todo.format(folder=folder)} or choose another --run-dir, then run the same command "
+                       "again: finished work is kept, half-written files are never used and are cleared")
+    out.errno, out.filename = code, str(where)
+    return out
+
+
+@contextmanager
+def storage_guard(path: str | Path) -> Iterator[None]:
+    """Re-raise a full-disk or permission error inside the block as a StorageError naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        clear = storage_error(err, path)
+        if clear is None or clear is err:
+            raise
+        raise clear from err
+
+
+@contextmanager
+def stage_storage_errors(stage: str, folder: str | Path, *clear: type[Exception]) -> Iterator[None]:
+    """Report a full disk or a permission error (and errors of the `clear` types, whose messages
+    already say where and what to do) as `StageFailed`: `vcla` prints the message, no traceback."""
+    try:
+        yield
+    except (OSError, *clear) as err:
+        failure = err if isinstance(err, clear) else storage_error(err, folder)
+        if failure is None:
+            raise
+        from pipelines.stages import StageFailed  # not at the top: pipelines.stages imports the stages
+
+        raise StageFailed(f"{stage}: {failure}") from err
 
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temp file beside `path`; rename it onto `path` only if the block succeeds."""
+    """Open a temp file beside `path`; rename it onto `path` only if the block succeeds.
+    A full disk or a permission error is a StorageError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage_guard(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+        try:
+            with os.fdopen(fd, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -45,6 +45,7 @@ REPO_TYPE = "dataset"
 CARD_FILES = ("manifest.json", "dataset_info.json", "README.md")  # uploaded last, README last of all
 MANIFEST_FORMAT = "visualcla-forge/shards"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 class PublishError(RuntimeError):
@@ -67,6 +68,7 @@ def run_publish(recipe: Recipe, shard_dir: Path, dry_run: bool = False, repo_id:
     `commits` (oid, message, files) and `stats` (a `StageStats` dict). A dry run needs no
     token and no network; every selected file is listed with action "upload"."""
     cfg = recipe.publish
+    _check_env_name(cfg.token_env)
     repo_id = _check_repo_id(repo_id or cfg.repo_id)
     files = select_files(Path(shard_dir))
     if dry_run:
@@ -121,6 +123,17 @@ def _check_repo_id(repo_id: str | None) -> str:
     if not _REPO_ID.match(repo_id):
         raise PublishError(f"publish.repo_id {repo_id!r}: expected OWNER/NAME, e.g. my-org/visualcla-zh")
     return repo_id
+
+
+def _check_env_name(env_name: str) -> None:
+    """publish.token_env names a variable; a token pasted there would be in the manifest's recipe,
+    which is uploaded. Refuse it (without printing it) before anything is read or sent."""
+    if not _ENV_NAME.match(env_name):
+        raise PublishError(
+            f"publish.token_env must be the NAME of an environment variable holding the token (e.g. HF_TOKEN), "
+            f"not the token itself (the {len(env_name)}-character value given is not shown). Set it back, and "
+            "since the render folder's manifest.json records the recipe, rerun `vcla render` before publishing"
+        )
 
 
 def _read_token(env_name: str) -> str:

@@ -36,12 +36,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DemoVisionConfig(_Section):
+    """The corpus's small "pretrained" vision encoder (pipelines/demo/vision.py explains why)."""
+    image_size: int = Field(96, gt=0)
+    patch_size: int = Field(16, gt=0)
+    hidden_size: int = Field(64, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    epochs: int = Field(8, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
 class DemoConfig(_Section):
     """When present, the run first generates the synthetic shapes corpus (`vcla demo-data`)."""
     output_dir: str = "${run_dir}/demo-data"
     num_images: int = Field(3000, ge=10)
     heldout_fraction: float = Field(0.1, gt=0, lt=0.5)
     seed: int = 0
+    vision_encoder: DemoVisionConfig | None = Field(
+        None, description="also pretrain a tiny CLIP vision encoder on the training images into vision_encoder/")
 
 
 class SourceConfig(_Section):
@@ -97,6 +111,7 @@ class PublishConfig(_Section):
     private: bool = True
     revision: str = "main"
     token_env: str = "HF_TOKEN"
+    """The NAME of the environment variable holding the Hub token; the token never enters a recipe."""
     commit_message: str = "Upload shards with visualcla-forge"
     files_per_commit: int = Field(50, gt=0)
     delete_stale: bool = Field(
@@ -104,6 +119,13 @@ class PublishConfig(_Section):
     )
     license: str = "other"
     pretty_name: str | None = None
+
+    @field_validator("token_env")
+    @classmethod
+    def _is_env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", v):
+            raise ValueError("must be the NAME of an environment variable (e.g. HF_TOKEN), not the token itself")
+        return v
 
 
 class ScheduleConfig(_Section):
@@ -152,6 +174,14 @@ class Recipe(_Section):
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {dupes}")
         return sources
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_names_are_folder_names(cls, stages: dict[str, StageConfig]) -> dict[str, StageConfig]:
+        bad = [n for n in stages if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", n)]
+        if bad:
+            raise ValueError(f"stage names become folder names (train/<name>): use letters, digits, _ and -; got {bad}")
+        return stages
 
     @model_validator(mode="after")
     def _stage_order(self):
@@ -274,8 +304,15 @@ def _format_errors(path: Path, err: ValidationError) -> str:
         elif e["type"] == "missing":
             lines.append(f"{path}: {key}: required key is missing")
         else:
-            lines.append(f"{path}: {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{path}: {key}: {e['msg']}{_shown_input(key, e.get('input'))}")
     return "\n".join(lines)
+
+
+def _shown_input(key: str, value: Any) -> str:
+    """The rejected value, except where it may be a secret pasted into the wrong field."""
+    if key.endswith(("_env", "base_url", "token")):
+        return " (value not shown: it may be a secret)"
+    return f" (got {value!r})"
 
 
 def _dotted(loc: tuple) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.io import storage_guard
 from pipelines.stats import StageStats
 
 
@@ -23,10 +24,11 @@ class RejectWriter:
     def __init__(self, folder: str | Path, stage: str, stats: StageStats, mode: str = "w",
                  name: str | None = None) -> None:
         self.path = Path(folder) / f"{name or stage}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stage = stage
         self.stats = stats
-        self._f = open(self.path, mode, encoding="utf-8")
+        with storage_guard(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, mode, encoding="utf-8")
 
     def reject(
         self,
@@ -48,8 +50,9 @@ class RejectWriter:
             "location": location,
             "record": record,
         }
-        self._f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        self._f.flush()
+        with storage_guard(self.path):
+            self._f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            self._f.flush()
         self.stats.count_rejected(source, reason)
 
     def copy_from(self, path: str | Path) -> None:
@@ -62,10 +65,15 @@ class RejectWriter:
             self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        with storage_guard(self.path):
+            self._f.close()
 
     def __enter__(self) -> "RejectWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        try:
+            self.close()
+        except OSError:
+            if exc_type is None:
+                raise  # else the error already on its way out is the one to report

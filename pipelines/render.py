@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.card import write_card_files
-from pipelines.io import is_done, mark_done, read_json, write_json
+from pipelines.io import (
+    clean_stale_temp_files, is_done, mark_done, read_json, stage_storage_errors, storage_guard, write_json,
+)
 from pipelines.progress import bar, count_lines, counted
 from pipelines.rejects import RejectWriter
 from pipelines.shards import (
@@ -309,7 +312,7 @@ def merge_parts(parts: list[list[tuple[Path, int, int]]], folder: Path) -> list[
     merged = []
     for i, ((lo, hi), paths) in enumerate(sorted(by_range.items())):
         target = folder / f"bucket-{i:05d}.arrow"
-        with pa.ipc.new_file(str(target), SPILL_SCHEMA) as writer:
+        with storage_guard(target), pa.ipc.new_file(str(target), SPILL_SCHEMA) as writer:
             for path in paths:  # a plain file, not a memory map: copied pages would count as RSS
                 with pa.OSFile(str(path), "rb") as f:
                     reader = pa.ipc.open_file(f)
@@ -461,8 +464,13 @@ def run_render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper = _seria
     """Render `in_dir/records/*.jsonl` into the shard set `out_dir`; a finished `out_dir` is kept.
 
     `mapper(fn, items)` runs the per-file row building; the flows pass one that submits Prefect
-    tasks to the recipe's task runner (threads, Dask, Ray). The output is the same either way."""
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    tasks to the recipe's task runner (threads, Dask, Ray). The output is the same either way.
+    A full disk or a permission error stops the stage with a message naming the path."""
+    with stage_storage_errors(STAGE_NAME, out_dir):
+        return _render(recipe, Path(in_dir), Path(out_dir), mapper)
+
+
+def _render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper) -> StageStats:
     if is_done(out_dir):
         return StageStats.from_dict(read_json(out_dir / "stats.json"))
     cfg = recipe.render
@@ -472,6 +480,7 @@ def run_render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper = _seria
     work = out_dir / "_work"
     for stale in (work, out_dir / "data"):
         remove_tree(stale)
+    clean_stale_temp_files(out_dir)
     stats = StageStats(stage=STAGE_NAME)
     bucket_bytes = cfg.bucket_mb << 20
     n_buckets = estimate_buckets(files, ImageLoader(in_dir), bucket_bytes)
@@ -485,8 +494,9 @@ def run_render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper = _seria
         plan = plan_mix(buckets, cfg.text_per_multimodal)
         writers = _writers(work / "shards", cfg)
         counts = write_shards(buckets, plan, rejects, writers)
-    shards = {key: finalize(w.close(), out_dir / "data" / key[0] / key[1], f"{key[0]}-{key[1]}")
+    staged = {key: finalize(w.close(), work / "data" / key[0] / key[1], f"{key[0]}-{key[1]}")
               for key, w in writers.items()}
+    shards = move_into_place(staged, work / "data", out_dir / "data")
     _count_extra(stats, counts, plan, shards)
     write_card_files(out_dir, recipe, shards, counts, stats)
     write_json(out_dir / "stats.json", stats.to_dict())
@@ -494,6 +504,17 @@ def run_render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper = _seria
     mark_done(out_dir, {"shards": sum(len(v) for v in shards.values())})
     print(stats.table())
     return stats
+
+
+def move_into_place(
+    staged: dict[tuple, list[ShardFile]], staged_root: Path, final_root: Path
+) -> dict[tuple, list[ShardFile]]:
+    """Make the whole shard set visible at once: one rename of its folder, so a reader of
+    `data/` finds every shard or none (never the sets a killed run had finished)."""
+    if staged_root.is_dir():
+        os.replace(staged_root, final_root)
+    return {key: [replace(f, path=final_root / f.path.relative_to(staged_root)) for f in files]
+            for key, files in staged.items()}
 
 
 def _writers(folder: Path, cfg: Any) -> dict[tuple[str, str], ShardWriter]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.io import sha256_file
+from pipelines.io import sha256_file, storage_guard
 
 KEY = "_key"
 ORDER = "_order"
@@ -84,9 +84,10 @@ class BucketSpill:
         self._buffered = 0
 
     def _write(self, b: int, batch: pa.RecordBatch) -> None:
-        if self._writers[b] is None:
-            self._writers[b] = pa.ipc.new_file(str(self.paths[b]), self.schema)
-        self._writers[b].write_batch(batch)
+        with storage_guard(self.paths[b]):
+            if self._writers[b] is None:
+                self._writers[b] = pa.ipc.new_file(str(self.paths[b]), self.schema)
+            self._writers[b].write_batch(batch)
 
     def close(self) -> list[tuple[Path, int, int]]:
         """Flush and close; returns (path, lo, hi) of every non-empty bucket, in key order."""
@@ -95,7 +96,8 @@ class BucketSpill:
         width = self.hi - self.lo
         for b, writer in enumerate(self._writers):
             if writer is not None:
-                writer.close()
+                with storage_guard(self.paths[b]):
+                    writer.close()
                 out.append((self.paths[b], self.lo + width * b // self.n, self.lo + width * (b + 1) // self.n))
         return out
 
@@ -204,14 +206,16 @@ class ShardWriter:
         self._buffered_bytes = int(sizes[-1] - sizes[n - 1])
         if self._writer is None:
             self._open_file()
-        self._writer.write_table(group, row_group_size=n)
+        with storage_guard(self.files[-1].path):
+            self._writer.write_table(group, row_group_size=n)
         self.files[-1].rows += n
         if self._sink.tell() >= self.shard_bytes:
             self._close_file()
 
     def _open_file(self) -> None:
         path = self.folder / f"{self.prefix}-{len(self.files):05d}.parquet.part"
-        self._sink = pa.OSFile(str(path), "wb")
+        with storage_guard(path):
+            self._sink = pa.OSFile(str(path), "wb")
         self._writer = pq.ParquetWriter(
             self._sink, self.schema, compression="zstd", write_statistics=STATISTICS_COLUMNS,
         )
@@ -219,8 +223,9 @@ class ShardWriter:
 
     def _close_file(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
+            with storage_guard(self.files[-1].path):
+                self._writer.close()
+                self._sink.close()
             self._writer = self._sink = None
 
 
@@ -236,7 +241,7 @@ def finalize(files: list[ShardFile], dest: Path, prefix: str) -> list[ShardFile]
     out = []
     for i, f in enumerate(files):
         target = dest / f"{prefix}-{i:05d}-of-{len(files):05d}.parquet"
-        with open(f.path, "rb+") as fh:
+        with storage_guard(target), open(f.path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(f.path, target)
         out.append(ShardFile(path=target, rows=f.rows, bytes=target.stat().st_size, sha256=sha256_file(target)))

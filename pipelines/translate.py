@@ -26,7 +26,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO
 
-from pipelines.io import atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, write_json
+from pipelines.io import (
+    atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, stage_storage_errors, write_json,
+)
 from pipelines.progress import bar, count_lines
 from pipelines.recipe import Recipe
 from pipelines.rejects import RejectWriter
@@ -35,7 +37,7 @@ from templates.schema import Record
 from translators.backends import build_translator
 from translators.base import MemoryFirstTranslator
 from translators.config import TranslatorConfig
-from translators.memory import TranslationMemory
+from translators.memory import MemoryWriteError, TranslationMemory
 from translators.protocol import Segment, SegmentKind, SegmentResult
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,13 @@ def run_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
 
 
 async def arun_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
-    """`run_translate` for callers that already run an event loop."""
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    """`run_translate` for callers that already run an event loop. A full disk or a permission error
+    (records, rejections or the translation memory) stops the stage with a message naming the path."""
+    with stage_storage_errors(STAGE, out_dir, MemoryWriteError):
+        return await _translate(recipe, Path(in_dir), Path(out_dir))
+
+
+async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
     cfg = recipe.translator
     if is_done(out_dir) and not read_json(out_dir / "_SUCCESS").get("retry_pending", 0):
         stats = StageStats.from_dict(read_json(out_dir / "stats.json"))

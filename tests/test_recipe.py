@@ -4,6 +4,8 @@ import pytest
 
 from pipelines.recipe import BUNDLED_RECIPES, RecipeError, load_recipe
 
+REPO = Path(__file__).resolve().parent.parent
+
 MINIMAL = """\
 name: mini
 model:
@@ -134,3 +136,18 @@ def test_semantic_checks(tmp_path):
 def test_defaults_are_interpolated_too(tmp_path):
     recipe = load_recipe(write(tmp_path, MINIMAL), run_dir=tmp_path / "run")
     assert recipe.translator.memory_path == f"{tmp_path}/run/translation-memory.sqlite"
+
+
+def test_stage_names_must_be_safe_folder_names(tmp_path):
+    recipe = (REPO / "recipes" / "demo.yaml").read_text().replace("  stage2:\n", "  ../escape:\n", 1)
+    (tmp_path / "r.yaml").write_text(recipe)
+    with pytest.raises(RecipeError, match=r"stage names become folder names.*\.\./escape"):
+        load_recipe(tmp_path / "r.yaml", run_dir=tmp_path)
+
+
+def test_secret_pasted_into_env_name_is_refused_and_not_echoed():
+    secret = "hf_SENTINELsecretTOKEN123"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(REPO / "recipes" / "demo.yaml", [f"publish.token_env={secret}"])
+    assert "publish.token_env" in str(err.value) and "NAME of an environment variable" in str(err.value)
+    assert secret not in str(err.value)

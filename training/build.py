@@ -110,7 +110,10 @@ def model_dtype(cfg: ModelConfig) -> torch.dtype | None:
 def build_model(cfg: ModelConfig, tokenizer, dtype: torch.dtype | None = None) -> VisualCLAModel:
     """Weights from the paths (vision, LLM, connector) or fresh from `init`; embeddings resized
     to the tokenizer (new rows initialised to the mean, as VisualCLA's new tokens)."""
+    from training.checkpoint import check_model_paths
+
     config = visualcla_config(cfg, tokenizer)
+    check_model_paths(config)  # safetensors only, no custom code
     return VisualCLAModel.from_parts(config, dtype=dtype)
 
 
@@ -131,6 +134,9 @@ def build_tokenizer_for(cfg: ModelConfig, texts=None):
 
     source = cfg.llm.tokenizer or cfg.llm.path
     if source:
+        from training.checkpoint import check_folder
+
+        check_folder(Path(source), "tokenizer")  # no auto_map: never offer to run the folder's code
         return load_tokenizer(source)
     if texts is None:
         raise ValueError("an `init` LLM without `llm.tokenizer` needs texts to train a tokenizer on")

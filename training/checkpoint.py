@@ -31,6 +31,58 @@ from training.model import VisualCLAConfig, VisualCLAModel
 
 STAGE_FILE = "stage.json"
 NON_LORA = "non_lora_trainables.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files that are unpickled when loaded (pytorch_model.bin, adapter_model.bin, *.pt, ...)."""
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+"""Files whose `auto_map` would make transformers import the folder's own Python code."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A folder we will not load: pickle-only weights, or custom code it asks transformers to run."""
+
+
+def check_folder(folder: Path, what: str = "model") -> None:
+    """Refuse `folder` before anything loads from it: it must be a local folder whose weights are
+    safetensors (pickle can run code when loaded) and that names no custom code (`auto_map`;
+    trust_remote_code is never enabled, and with it unset transformers would *ask* on a terminal)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder}: {what} folder not found (model paths are local folders; nothing is downloaded)")
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    safe = any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names)
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    adapter_unsafe = "adapter_config.json" in names and "adapter_model.safetensors" not in names
+    if (pickles and not safe) or adapter_unsafe:
+        raise UnsafeCheckpointError(
+            f"{folder}: {what} weights are not safetensors (found {pickles or 'no adapter_model.safetensors'}); "
+            "visualcla-forge loads safetensors only, because unpickling a file can run arbitrary code. Convert the "
+            "weights in an environment you trust (save_pretrained(..., safe_serialization=True)) or use a "
+            "safetensors release of the model."
+        )
+    for name in CODE_CONFIGS:
+        if name in names and "auto_map" in _json_object(folder / name):
+            raise UnsafeCheckpointError(
+                f"{folder / name}: has `auto_map`, i.e. asks to run the folder's own Python code; visualcla-forge "
+                "never enables trust_remote_code. Remove the `auto_map` entry if the model is a supported "
+                "architecture (CLIP, BLIP-2, LLaMA), or use a folder without custom code."
+            )
+
+
+def check_model_paths(config: VisualCLAConfig) -> None:
+    """`check_folder` for every folder a VisualCLAConfig loads weights from."""
+    for what, path in (("vision", config.vision_name_or_path), ("LLM", config.text_name_or_path),
+                       ("connector", config.connector_name_or_path)):
+        if path:
+            check_folder(Path(path), what)
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UnsafeCheckpointError(f"{path}: not readable JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _atomic_json(path: Path, data) -> None:
@@ -69,7 +121,10 @@ def merged_config(folder: Path) -> VisualCLAConfig:
 
 
 def load_merged(folder: Path, dtype: torch.dtype | None = None) -> VisualCLAModel:
-    return VisualCLAModel.from_parts(merged_config(folder), dtype=dtype)
+    check_folder(folder, "merged checkpoint")
+    config = merged_config(folder)
+    check_model_paths(config)
+    return VisualCLAModel.from_parts(config, dtype=dtype)
 
 
 def is_merged(folder: Path) -> bool:
@@ -117,18 +172,22 @@ def load_stage(folder: Path, dtype: torch.dtype | None = None, merge: bool = Tru
     folder = Path(folder)
     if is_merged(folder) and not (folder / STAGE_FILE).is_file():
         return load_merged(folder, dtype)
+    check_folder(folder, "stage")
     meta = read_stage(folder)
     if meta.get("init_from"):
         model = load_stage((folder / meta["init_from"]).resolve(), dtype, merge=True)
     elif meta.get("base"):
         model = load_merged(Path(meta["base"]), dtype)
     else:
-        model = VisualCLAModel.from_parts(VisualCLAConfig.from_pretrained(folder), dtype=dtype)
+        config = VisualCLAConfig.from_pretrained(folder)
+        check_model_paths(config)
+        model = VisualCLAModel.from_parts(config, dtype=dtype)
     return apply_stage(model, folder, merge=merge)
 
 
 def apply_stage(model: VisualCLAModel, folder: Path, merge: bool = True, trainable: bool = False):
     folder = Path(folder)
+    check_folder(folder, "stage")
     if (folder / NON_LORA).is_file():
         missing, unexpected = model.load_state_dict(load_file(str(folder / NON_LORA)), strict=False)
         if unexpected:
@@ -150,7 +209,7 @@ def load_for_inference(folder: Path, dtype: torch.dtype | None = None):
 
     folder = Path(folder)
     model = load_stage(folder, dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     meta = read_stage(folder) if (folder / STAGE_FILE).is_file() else {}
     template = meta.get("template") or _template_from(folder)
     return model, tokenizer, image_processor_from(folder, model.config), template

@@ -32,7 +32,7 @@ def export(checkpoint: Path, fmt: str, out: Path) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     model = load_stage(checkpoint, merge=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=False)  # load_stage checked it
     processor = image_processor_from(checkpoint, model.config)
     template = read_stage(checkpoint).get("template", "visualcla") if (checkpoint / "stage.json").is_file() else "visualcla"
     if fmt == "merged":

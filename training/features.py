@@ -1,10 +1,11 @@
 """Stage-1 feature cache: with a frozen vision encoder, encode every image once, train from disk.
 
 One safetensors file per shard unit (`<unit.key>.safetensors`, tensor `features`
-[rows, tokens, width], zeros for text-only rows), written atomically by the rank that owns the
-unit (`units[rank::world]`); a rerun skips units already cached. The folder name is a hash of
-what the features depend on (vision config and weights, feature layer/CLS/post-LN, image
-processor), so a different encoder never reads stale features. Disk cost: rows x tokens x width
+[rows, tokens, width], zeros for text-only rows), written atomically (`.tmp-<name>`, renamed) by the
+rank that owns the unit (`units[rank::world]`); a rerun skips units already cached and removes the
+temp file a killed run left. The folder name is a hash of what the features depend on (vision
+config and weights, feature layer/CLS/post-LN, image processor), so a different encoder never
+reads stale features. Disk cost: rows x tokens x width
 x 2-4 bytes (ViT-L/14, 257 tokens, bf16: ~0.5 MB per image).
 """
 
@@ -42,6 +43,8 @@ def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: 
     model.eval()
     for unit in units[rank::world]:
         path = folder / f"{unit.key}.safetensors"
+        tmp = path.with_name(".tmp-" + path.name)
+        tmp.unlink(missing_ok=True)  # what a killed run of this rank was writing
         if path.is_file():
             continue
         rows = read_unit(unit, ["image"])
@@ -57,7 +60,6 @@ def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: 
             out[with_image] = feats
         else:
             out = torch.zeros((len(rows), 1, 1))
-        tmp = path.with_suffix(".tmp")
         save_file({"features": out.contiguous()}, str(tmp))
         os.replace(tmp, path)
     model.train(was_training)

@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import logging as hf_logging
 
 from training.build import (
@@ -32,6 +35,16 @@ from training.lora import count_parameters, param_groups, setup_stage
 
 hf_logging.disable_progress_bar()
 TRAINABLE_FILE = "trainable.safetensors"
+TMP_PREFIX = ".tmp-"
+"""Folders and files being written; renamed into place when complete, removed by the next run."""
+
+
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+"""What a failed checkpoint write raises: OSError, torch.save's RuntimeError, safetensors' error."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or stage folder could not be written (disk full, no permission, ...)."""
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -92,6 +105,56 @@ def last_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+# ---- writing so that a killed run never leaves a folder that looks finished --------------------
+
+def write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def fsync_tree(folder: Path) -> None:
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def remove_stale(folder: Path) -> None:
+    """Remove what a killed run was writing (`.tmp-*` folders and files) in `folder`."""
+    for stale in folder.glob(TMP_PREFIX + "*") if folder.is_dir() else ():
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
+def checkpoint_write_error(what: str, path: Path, err: BaseException) -> CheckpointWriteError:
+    """The error to raise when writing `path` failed: what, where, the cause, and what to do."""
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free / 2**20
+    return CheckpointWriteError(
+        f"could not write the {what} {path}: {err} ({free:.0f} MiB free on that file system). "
+        f"Free some space or make {probe} writable, then rerun with --resume: training continues from "
+        f"the last complete checkpoint (incomplete ones are never used)")
+
+
+def build_base_once(model_cfg: ModelConfig, base_dir: Path, shards_dir: Path, seed: int) -> None:
+    """`prepare_base` into a temp folder renamed into place when complete: a killed build never
+    leaves a base folder whose config.json exists while its tokenizer or processor does not."""
+    if (base_dir / "config.json").is_file():
+        return
+    staging = base_dir.with_name(TMP_PREFIX + base_dir.name)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        prepare_base(model_cfg, staging, lambda: shard_texts(shards_dir), seed)
+        fsync_tree(staging)
+        shutil.rmtree(base_dir, ignore_errors=True)  # a base folder left incomplete by an older version
+        os.replace(staging, base_dir)
+    except WRITE_ERRORS as err:
+        raise checkpoint_write_error("base model folder", base_dir, err) from err
+
+
 # ---- the Trainer, specialised only where it must be ------------------------------------------
 
 class VisualCLATrainer(Trainer):
@@ -144,6 +207,37 @@ class VisualCLATrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         save_file(trainable_state(model), os.path.join(output_dir, TRAINABLE_FILE), metadata={"format": "pt"})
 
+    def _get_output_dir(self, trial) -> str:
+        return getattr(self, "_staging_dir", None) or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's checkpoint written into `.tmp-<step>/` and renamed to `checkpoint-<step>` when complete
+        (every rank's files in), so resume never picks up a checkpoint a killed save left half-written."""
+        root = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staging, target = root / f"{TMP_PREFIX}{self.state.global_step}", root / name
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        barrier()
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+            barrier()
+            if self.args.should_save:
+                self._move_into_place(staging / name, target)
+        except WRITE_ERRORS as err:  # torch.save reports a full disk as a RuntimeError
+            shutil.rmtree(staging, ignore_errors=True)
+            raise checkpoint_write_error("checkpoint", target, err) from err
+        finally:
+            self._staging_dir = None
+
+    def _move_into_place(self, staged: Path, target: Path) -> None:
+        fsync_tree(staged)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staged, target)
+        shutil.rmtree(staged.parent)
+        rotate_checkpoints(str(target.parent), self.args.save_total_limit, use_mtime=False)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         from safetensors.torch import load_file
 
@@ -193,6 +287,8 @@ def train_stage(
     if (out_dir / "stage.json").is_file() and (out_dir / "metrics.json").is_file() and not resume:
         return {**json.loads((out_dir / "metrics.json").read_text()), "skipped": True}  # finished earlier
     started = time.time()
+    if dist_info()[0] == 0:
+        remove_stale(out_dir / "checkpoints")
 
     # 1. distributed set-up and Trainer arguments (creating them initialises the process group)
     flags = precision_flags(stage_cfg.precision)
@@ -222,7 +318,7 @@ def train_stage(
     elif uses_init(model_cfg):
         base_dir = out_dir.parent / "base"
         if rank == 0:
-            prepare_base(model_cfg, base_dir, lambda: shard_texts(shards_dir), seed)
+            build_base_once(model_cfg, base_dir, shards_dir, seed)
         barrier()
         model, base, source = load_stage(base_dir, dtype), str(base_dir.resolve()), base_dir
     else:
@@ -234,7 +330,7 @@ def train_stage(
 
         from training.build import image_processor_from
 
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
         processor = image_processor_from(source, model.config)
     else:
         tokenizer = build_tokenizer_for(model_cfg)
@@ -285,7 +381,7 @@ def train_stage(
     tokens = int(trainer.totals[1] - trainer.totals[0])
     metrics = {
         "stage": stage_name, "steps": trainer.state.global_step, "rows": rows, "batches_per_rank": batches,
-        "train_loss": result.training_loss, "final_loss": losses[-1][1] if losses else None,
+        "train_loss": result.training_loss, "final_loss": losses[-1][1] if losses else result.training_loss,
         "losses": losses, "padding_fraction": float(trainer.totals[0]) / max(1, int(trainer.totals[1])),
         "samples": trainer.samples, "tokens": tokens, "wall_s": round(wall, 2),
         "train_runtime": result.metrics.get("train_runtime"),
@@ -302,12 +398,14 @@ def train_stage(
             "num_image_tokens": config.num_image_tokens,
         }
         if _stop_after is None:
-            save_stage(model, out_dir, config=config, tokenizer=tokenizer, processor=processor, meta=meta)
-        (out_dir / "training_args.json").write_text(json.dumps(
-            {"stage": stage_cfg.model_dump(), "model": model_cfg.model_dump(), "trainer": args.to_dict()},
-            indent=2, default=str))
+            try:
+                save_stage(model, out_dir, config=config, tokenizer=tokenizer, processor=processor, meta=meta)
+            except WRITE_ERRORS as err:
+                raise checkpoint_write_error("stage folder", out_dir, err) from err
+        write_json_atomic(out_dir / "training_args.json",
+                          {"stage": stage_cfg.model_dump(), "model": model_cfg.model_dump(), "trainer": args.to_dict()})
         if _stop_after is None:
-            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_json_atomic(out_dir / "metrics.json", metrics)
     barrier()
     return metrics
 

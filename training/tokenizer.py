@@ -32,7 +32,7 @@ def add_image_tokens(tokenizer) -> int:
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     add_image_tokens(tokenizer)
     return tokenizer
 

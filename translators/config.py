@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|auth|sig", re.I)
 
 
 class _Section(BaseModel):
@@ -53,6 +57,23 @@ class TranslatorConfig(_Section):
     window_records: int = Field(2000, gt=0, description="records translated together; bounds memory")
     price: PriceConfig = Field(default_factory=PriceConfig)
     qa: QAConfig = Field(default_factory=QAConfig)
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: str | None) -> str | None:
+        """A key in the URL would be written wherever the recipe is (manifests, cards, logs)."""
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        secret_params = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_PARAM.search(k)]
+        if parts.username is not None or parts.password is not None or secret_params:
+            where = ("user:password@ in the host" if parts.username is not None
+                     else f"query parameter {secret_params[0]!r}")
+            raise ValueError(
+                f"must not carry credentials ({where}); put the key in the environment variable named by "
+                "translator.api_key_env"
+            )
+        return v
 
     @field_validator("api_key_env")
     @classmethod

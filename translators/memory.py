@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -91,16 +93,54 @@ class MemoryImportError(ValueError):
     """A memory file that cannot be imported; the message names the file and line."""
 
 
+class MemoryWriteError(OSError):
+    """The memory file could not be opened or written (full disk, no permission); the message
+    names the file and what to do. SQLite rolled back the unfinished transaction: nothing is corrupt."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+_STORAGE_ERRORS = {
+    "SQLITE_FULL": ("the disk is full", "free some space on that file system"),
+    "SQLITE_IOERR": ("a write failed (usually a full disk or a file size limit)",
+                     "free some space on that file system (or raise the file size limit)"),
+    "SQLITE_READONLY": ("the file or its folder is read-only", "make {folder} writable for this user"),
+    "SQLITE_CANTOPEN": ("the file cannot be created or opened", "make {folder} writable for this user"),
+}
+"""SQLite error families a user can fix -> (what happened, what to do)."""
+
+
+@contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """Re-raise SQLite's full-disk / read-only / cannot-open errors as a MemoryWriteError naming `path`."""
+    try:
+        yield
+    except sqlite3.OperationalError as err:
+        name = getattr(err, "sqlite_errorname", "") or ""
+        family = next((k for k in _STORAGE_ERRORS if name.startswith(k)), None)
+        if family is None:
+            raise
+        cause, todo = _STORAGE_ERRORS[family]
+        folder = next((p for p in path.parents if p.exists()), Path("/"))
+        free = shutil.disk_usage(folder).free / 2**20
+        raise MemoryWriteError(
+            f"translation memory {path}: {cause} ({name}: {err}; {free:.0f} MiB free there). To fix: "
+            f"{todo.format(folder=folder)}, or set translator.memory_path to another place, then run the same "
+            "command again: every translation already stored is kept") from err
+
+
 class TranslationMemory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.commit()
+        with storage_errors(self.path):
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.commit()
 
     def close(self) -> None:
         with self._lock:
@@ -164,7 +204,7 @@ class TranslationMemory:
              int(v.ok), json.dumps(v.to_dict(), ensure_ascii=False), origin, now)
             for src, dst, v in rows
         ]
-        with self._lock, self._db:
+        with storage_errors(self.path), self._lock, self._db:
             self._db.executemany(
                 "INSERT INTO tm VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (source_key, target_lang, model, prompt_version) DO UPDATE SET "
@@ -190,7 +230,7 @@ class TranslationMemory:
         for (source_lang, target_lang), rows in by_lang.items():
             n += self.put_many(rows, source_lang=source_lang, target_lang=target_lang,
                                model=WILDCARD, prompt_version=WILDCARD, origin="import")
-        with self._lock, self._db:
+        with storage_errors(self.path), self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO imports VALUES (?,?,?,?)", (digest, str(path), n, time.time()))
         return ImportReport(str(path), n, False)
 

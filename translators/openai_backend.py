@@ -125,12 +125,14 @@ class OpenAITranslator(MemoryFirstTranslator):
         estimate = 2 * _estimate_tokens(system + messages[1]["content"])
         attempt = 0
         while True:
+            args: dict[str, Any] = {}
             try:
                 async with self.limits.slot(estimate):
+                    args = self._request_args(messages)  # built once a slot is free: JSON mode may be off by then
                     self.stats.count("requests")
-                    response = await self._client.chat.completions.create(**self._request_args(messages))
+                    response = await self._client.chat.completions.create(**args)
             except openai.APIError as e:
-                await asyncio.sleep(self._after_error(e, attempt))
+                await asyncio.sleep(self._after_error(e, attempt, sent_json_mode="response_format" in args))
                 attempt += 1
                 continue
             usage = _usage(response)
@@ -152,14 +154,18 @@ class OpenAITranslator(MemoryFirstTranslator):
             args["temperature"] = self.config.temperature
         return args
 
-    def _after_error(self, e: openai.APIError, attempt: int) -> float:
-        """Seconds to wait before trying again; raises when trying again is pointless."""
+    def _after_error(self, e: openai.APIError, attempt: int, sent_json_mode: bool = False) -> float:
+        """Seconds to wait before trying again; raises when trying again is pointless.
+
+        A 400 about `response_format` switches JSON mode off and resends; requests that were
+        already in flight with it (sent before the switch) are resent too, not failed."""
         status = getattr(e, "status_code", None)
         message = self._redact(str(e.message))
-        if isinstance(e, openai.BadRequestError) and self._json_mode and "response_format" in message.lower():
-            self._json_mode = False
-            self.stats.count("json_mode_disabled")
-            log.warning("endpoint rejects JSON mode (%s); continuing without it", message[:200])
+        if isinstance(e, openai.BadRequestError) and sent_json_mode and "response_format" in message.lower():
+            if self._json_mode:
+                self._json_mode = False
+                self.stats.count("json_mode_disabled")
+                log.warning("endpoint rejects JSON mode (%s); continuing without it", message[:200])
             return 0.0
         if isinstance(e, _FATAL):
             raise TranslatorError(

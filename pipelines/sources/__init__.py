@@ -82,7 +82,7 @@ def read_located(
             rejects.reject(
                 source=cfg.name, reason=reason, detail=clean_text(detail), location=clean_text(item.location),
                 record_id=record.id if record else None,
-                record=clean_text(record.to_dict() if record else _truncated(item.raw)),
+                record=clean_text(shrink(record.to_dict()) if record else _truncated(item.raw)),
             )
         else:
             stats.count_rejected(cfg.name, reason)
@@ -105,6 +105,20 @@ def _truncated(raw: object) -> object:
     """Rejection rows hold the raw item when small; a huge one is cut to its repr's start."""
     text = repr(raw)
     return raw if len(text) <= 4000 else text[:4000] + "..."
+
+
+def shrink(value: Any, max_chars: int = 2000, max_items: int = 100) -> Any:
+    """`value` with long strings and lists cut (and saying so), for rejection rows: a record
+    rejected as `field_too_long` must not put its megabytes into rejected/."""
+    if isinstance(value, str) and len(value) > max_chars:
+        return value[:max_chars] + f"...[cut: {len(value) - max_chars:,} more characters]"
+    if isinstance(value, list):
+        kept = [shrink(v, max_chars, max_items) for v in value[:max_items]]
+        return kept + [f"...[cut: {len(value) - max_items:,} more items]"] if len(value) > max_items else kept
+    if isinstance(value, dict):
+        kept = {k: shrink(v, max_chars, max_items) for k, v in list(value.items())[:max_items]}
+        return kept | {"...": f"cut: {len(value) - max_items:,} more keys"} if len(value) > max_items else kept
+    return value
 
 
 def clean_text(value: Any) -> Any:

@@ -39,10 +39,10 @@ def image_map(cfg: SourceConfig) -> dict[int, str]:
     """image id -> what to fetch: file name (with an image_root) or the COCO URL."""
     images: dict[int, str] = {}
     for _, image in iter_json_array(cfg.path, key="images"):
-        if not isinstance(image, dict) or "id" not in image:
-            continue
+        if not isinstance(image, dict) or not isinstance(image.get("id"), int):
+            continue  # its captions are rejected: "image_id ... is not in the file's `images` list"
         ref = image.get("file_name") if cfg.image_root or not image.get("coco_url") else image["coco_url"]
-        if ref:
+        if isinstance(ref, str) and ref:
             images[image["id"]] = ref
     return images
 

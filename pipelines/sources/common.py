@@ -16,6 +16,10 @@ from pipelines.recipe import SourceConfig
 from templates.schema import IMAGE_PLACEHOLDER, Message, Record
 
 URL_SCHEMES = ("http", "https", "file")
+MAX_NESTING = 64
+"""Deepest nesting of lists/objects an item may have. Real datasets nest 3-6 levels; a deeper
+item is rejected (`too_deeply_nested`) before anything recurses into it (copying, printing
+or serialising a ~1000-level item raises RecursionError)."""
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 """Source role names we accept (LLaVA's human/gpt and the chat user/assistant)."""
@@ -88,8 +92,35 @@ def majority_answer(answers: list[str], preferred: str | None = None) -> str:
     return preferred if preferred in tied else tied[0]
 
 
+class BadImageRef(ValueError):
+    """An image reference no stage may fetch; `reason` is image_url_invalid (cannot be parsed,
+    e.g. "http://[::1") or image_url_unsupported (another scheme: javascript:, data:, ftp:...)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def url_scheme(ref: str) -> str:
+    """The scheme of `ref` ("" for a plain path); BadImageRef if it cannot be parsed."""
+    try:
+        return urlparse(ref).scheme
+    except ValueError as err:
+        raise BadImageRef("image_url_invalid", f"image {ref!r}: cannot be parsed as a URL ({err})") from None
+
+
 def is_url(ref: str) -> bool:
-    return urlparse(ref).scheme in URL_SCHEMES
+    return url_scheme(ref) in URL_SCHEMES
+
+
+def check_scheme(ref: str) -> str:
+    """`ref` if it is a path or an http(s)/file URL; BadImageRef otherwise. A one-letter scheme
+    is a Windows drive ("C:/x.jpg"), left to the download stage's path policy."""
+    scheme = url_scheme(ref)
+    if scheme and scheme not in URL_SCHEMES and len(scheme) > 1:
+        raise BadImageRef("image_url_unsupported",
+                          f"image {ref[:200]!r}: scheme {scheme!r} (only http, https and file are fetched)")
+    return ref
 
 
 def resolve_image(cfg: SourceConfig, ref: str | None = None, template: str | None = None, **fields: Any) -> str:
@@ -106,7 +137,8 @@ def resolve_image(cfg: SourceConfig, ref: str | None = None, template: str | Non
     elif ref is None:
         raise ValueError(f"source {cfg.name!r}: no image reference and no image_template to build one")
     if is_url(ref) or os.path.isabs(ref) or cfg.image_root is None:
-        return ref
+        return ref  # the download stage's policy decides (and rejects other schemes with the record)
+    check_scheme(ref)  # "javascript:x" joined to image_root would become a plausible local file name
     if is_url(cfg.image_root):
         return urljoin(cfg.image_root.rstrip("/") + "/", ref)
     return str(Path(cfg.image_root) / ref)
@@ -196,13 +228,37 @@ def single_image(value: Any) -> str | None:
     raise MissingField(f"image must be a string or a list of strings, got {type(value).__name__}")
 
 
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether lists/dicts in `value` nest more than `limit` levels (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
+def deep_item(location: str, *values: Any) -> Item | None:
+    """A `too_deeply_nested` rejection if any of `values` nests too deeply (raw not kept), else None."""
+    if any(too_deep(v) for v in values):
+        return Item.bad(location, "too_deeply_nested", f"lists/objects nest more than {MAX_NESTING} levels deep")
+    return None
+
+
 def to_item(location: str, row: Any, build: Callable[[], Record]) -> Item:
     """The record `build()` makes of `row`, or the rejection its error names; never raises on data."""
+    deep = deep_item(location, row)
+    if deep is not None:
+        return deep
     try:
         return Item(location=location, record=build())
     except MissingField as err:
         return Item.bad(location, "missing_field", str(err), raw=row)
     except TooManyImages as err:
         return Item.bad(location, "too_many_images", str(err), raw=row)
+    except BadImageRef as err:
+        return Item.bad(location, err.reason, str(err), raw=row)
     except ValueError as err:
         return Item.bad(location, "image_template_error", str(err), raw=row)

@@ -24,6 +24,7 @@ from typing import IO, Any
 CHUNK_CHARS = 1 << 20
 MAX_ITEM_CHARS = 1 << 28
 """An item still unparsed after this many characters is treated as malformed JSON."""
+TOO_DEEP = "invalid JSON: nested too deeply for the parser (thousands of levels)"
 _WHITESPACE = " \t\n\r"
 _AFTER_VALUE = ",]}:" + _WHITESPACE
 
@@ -107,6 +108,8 @@ class JsonStream:
                     raise JsonStreamError(f"invalid JSON: {err.msg}", self._where(index)) from None
                 want = min(want * 2, MAX_ITEM_CHARS)  # geometric growth: no quadratic re-parsing
                 continue
+            except RecursionError:
+                raise JsonStreamError(TOO_DEEP, self._where(index)) from None
             if (end == len(self._buf) or self._buf[end] not in _AFTER_VALUE) and self._fill(want):
                 continue  # "12" of "12.5" at the end of a chunk: parse again with more text
             self._pos = end
@@ -207,9 +210,12 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any | JsonStreamErr
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                value: Any = json.loads(line)
             except json.JSONDecodeError as err:
-                yield lineno, JsonStreamError(f"invalid JSON: {err.msg}", f"{name}:{lineno}")
+                value = JsonStreamError(f"invalid JSON: {err.msg}", f"{name}:{lineno}")
+            except RecursionError:
+                value = JsonStreamError(TOO_DEEP, f"{name}:{lineno}")
+            yield lineno, value
 
 
 def iter_json_items(path: str | Path) -> Iterator[tuple[str, Any]]:

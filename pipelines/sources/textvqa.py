@@ -37,8 +37,9 @@ def make_record(cfg: SourceConfig, row: dict) -> Record:
     answers = [a for a in need(row, "answers", list) if isinstance(a, str)]
     if not answers:
         raise MissingField("field 'answers' has no text answers")
-    if cfg.image_root is None and cfg.image_template is None and row.get("flickr_original_url"):
-        image = row["flickr_original_url"]
+    url = row.get("flickr_original_url")
+    if cfg.image_root is None and cfg.image_template is None and isinstance(url, str) and url:
+        image = url
     else:
         image = resolve_image(cfg, template=cfg.image_template or DEFAULT_TEMPLATE, image_id=image_id)
     return Record(

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import Item, caption_messages, content_id, resolve_image, source_lang
+from pipelines.sources.common import (
+    BadImageRef, Item, caption_messages, content_id, deep_item, resolve_image, source_lang,
+)
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_lines, open_text
 from templates.schema import Record, make_id
 
@@ -39,7 +41,7 @@ def _read(cfg: SourceConfig, lang: str) -> Iterator[Item]:
             elif isinstance(row, Exception):
                 yield Item.bad(location, "invalid_row", str(row))
             else:
-                yield row_to_item(cfg, row, location, lang=lang)
+                yield deep_item(location, row) or row_to_item(cfg, row, location, lang=lang)
 
 
 def list_files(path: Path) -> list[Path]:
@@ -104,12 +106,16 @@ def row_to_item(cfg: SourceConfig, row: dict[str, Any], location: str, lang: str
     if original_id is None:
         original_id = content_id(url, caption)
     meta = {k: _plain(v) for k, v in row.items() if k not in (cfg.url_col, cfg.caption_col)}
+    try:
+        image = resolve_image(cfg, url)
+    except BadImageRef as err:
+        return Item.bad(location, err.reason, str(err), raw=row)
     record = Record(
         id=make_id(cfg.name, original_id),
         source=cfg.name,
         task="caption",
         messages=caption_messages(caption),
-        image=resolve_image(cfg, url),
+        image=image,
         lang=lang,
         meta=meta,
     )

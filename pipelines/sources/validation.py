@@ -9,21 +9,59 @@ are the keys counted in the stage report:
     empty_turn            a turn whose text is empty or only whitespace
     bad_turn_order        roles do not alternate user, assistant, ... ending with the assistant
     image_count_mismatch  the number of `<image>` placeholders differs from the number of images
+    field_too_long        a turn, the image reference, the whole conversation or `meta` is over
+                          its size limit (below); the rejection row keeps a cut copy
 """
 
 from __future__ import annotations
+
+import json
 
 from templates.schema import IMAGE_PLACEHOLDER, Record
 
 Verdict = tuple[str, str] | None
 
+MAX_TURN_CHARS = 100_000
+"""One message (~25k tokens): longer than any context we train at, so it could only be cut."""
+MAX_TURNS = 256
+MAX_RECORD_CHARS = 1_000_000
+"""All turns together."""
+MAX_IMAGE_REF_CHARS = 4096
+"""An image URL or path (browsers and servers stop at 2-8 KB)."""
+MAX_META_CHARS = 100_000
+"""`meta` serialised as JSON (VQAv2's ten answers and ids are ~1 KB)."""
+
 
 def validate(record: Record) -> Verdict:
     """The first failed check's (reason, detail), or None when the record is usable."""
-    for check in (check_utf8, check_turns, check_image_count):
+    for check in (check_sizes, check_utf8, check_turns, check_image_count):
         verdict = check(record)
         if verdict is not None:
             return verdict
+    return None
+
+
+def check_sizes(record: Record) -> Verdict:
+    """Oversized fields are rejected before anything else looks at them (limits above)."""
+    if len(record.messages) > MAX_TURNS:
+        return "field_too_long", f"messages: {len(record.messages):,} turns (limit {MAX_TURNS})"
+    total = 0
+    for i, message in enumerate(record.messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        n = len(content) if isinstance(content, str) else 0
+        total += n
+        if n > MAX_TURN_CHARS:
+            return "field_too_long", f"messages[{i}]: {n:,} characters (limit {MAX_TURN_CHARS:,})"
+    if total > MAX_RECORD_CHARS:
+        return "field_too_long", f"messages: {total:,} characters in all (limit {MAX_RECORD_CHARS:,})"
+    if isinstance(record.image, str) and len(record.image) > MAX_IMAGE_REF_CHARS:
+        return "field_too_long", f"image: reference of {len(record.image):,} characters (limit {MAX_IMAGE_REF_CHARS:,})"
+    try:
+        meta = len(json.dumps(record.meta, default=str))
+    except (TypeError, ValueError):  # keys JSON cannot hold
+        meta = len(repr(record.meta))
+    if meta > MAX_META_CHARS:
+        return "field_too_long", f"meta: {meta:,} characters as JSON (limit {MAX_META_CHARS:,})"
     return None
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    Item, MissingField, majority_answer, need, pick_template, qa_messages, resolve_image, source_lang,
+    BadImageRef, Item, MissingField, deep_item, majority_answer, need, pick_template, qa_messages, resolve_image,
+    source_lang, too_deep,
 )
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import Record, make_id
@@ -40,11 +41,13 @@ def read_vqav2(cfg: SourceConfig) -> Iterator[Item]:
             continue
         try:
             if template is None:
-                fields = {"image_id": need(question, "image_id", int), "data_subtype": header.get("data_subtype", "")}
+                fields = {"image_id": need(question, "image_id", int), "data_subtype": _subtype(header)}
                 template = pick_template(cfg, TEMPLATES, fields)
             yield Item(location=location, record=make_record(cfg, question, annotation, header, template))
         except MissingField as err:
             yield Item.bad(location, "missing_field", str(err), raw=question)
+        except BadImageRef as err:
+            yield Item.bad(location, err.reason, str(err), raw=question)
         except ValueError as err:
             yield Item.bad(location, "image_template_error", str(err), raw=question)
 
@@ -62,15 +65,17 @@ def join_on_question_id(
         for q, a in zip_longest(questions, annotations):
             if q is not None:
                 location = f"{cfg.path}[{q[0]}]"
-                qid = q[1].get("question_id") if isinstance(q[1], dict) else None
-                if qid is None:
-                    yield location, Item.bad(location, "missing_field", "field 'question_id' is missing", raw=q[1]), None
+                qid = _question_id(q[1])
+                bad = deep_item(location, q[1])
+                if bad is not None or qid is None:
+                    detail = "field 'question_id' is missing or not an integer/string"
+                    yield location, bad or Item.bad(location, "missing_field", detail, raw=q[1]), None
                 elif qid in pending_a:
                     yield location, q[1], pending_a.pop(qid)
                 else:
                     pending_q[qid] = (location, q[1])
-            if a is not None and isinstance(a[1], dict) and a[1].get("question_id") is not None:
-                qid = a[1]["question_id"]
+            qid = _question_id(a[1]) if a is not None and not too_deep(a[1]) else None
+            if qid is not None:
                 if qid in pending_q:
                     location, question = pending_q.pop(qid)
                     yield location, question, a[1]
@@ -81,6 +86,18 @@ def join_on_question_id(
     for location, question in pending_q.values():
         detail = f"no annotation with question_id {question.get('question_id')!r} in {cfg.annotations}"
         yield location, Item.bad(location, "missing_annotation", detail, raw=question), None
+
+
+def _subtype(header: dict[str, Any]) -> str:
+    """The questions file's `data_subtype` (e.g. "train2014") when it is text, else ""."""
+    value = header.get("data_subtype")
+    return value if isinstance(value, str) else ""
+
+
+def _question_id(item: Any) -> int | str | None:
+    """The item's question_id if it is one a join can use (an integer or a string), else None."""
+    qid = item.get("question_id") if isinstance(item, dict) else None
+    return qid if isinstance(qid, (int, str)) and not isinstance(qid, bool) else None
 
 
 def make_record(cfg: SourceConfig, question: dict, annotation: dict, header: dict, template: str) -> Record:
@@ -95,7 +112,7 @@ def make_record(cfg: SourceConfig, question: dict, annotation: dict, header: dic
         source=cfg.name,
         task="vqa",
         messages=qa_messages(need(question, "question"), majority_answer(texts, preferred)),
-        image=resolve_image(cfg, template=template, image_id=image_id, data_subtype=header.get("data_subtype", "")),
+        image=resolve_image(cfg, template=template, image_id=image_id, data_subtype=_subtype(header)),
         lang=source_lang(cfg),
         meta={
             "question_id": question["question_id"],

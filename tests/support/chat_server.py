@@ -12,18 +12,23 @@ Tokens are counted the same simple way on both sides, so ratios are meaningful:
 messages, `completion_tokens` that of the reply content.
 
 Faults are injected with `add_fault` and fire `times` times (None: always) on requests whose
-user message contains `match` (None: any):
+user message contains `match` (None: any), and with `probability` on that share of them (drawn
+from the server's seeded RNG, so a run is repeatable):
 - request-level: `rate_limit` (429 + Retry-After), `server_error` (500), `hang` (no answer
-  until `hang_s` passes or the server stops), `malformed_json`, `wrong_length` (one item too few)
+  until `hang_s` passes or the server stops), `malformed_json`, `wrong_length` (one item too few),
+  `disconnect` (the connection is closed without any answer)
 - segment-level, on the matching strings only: `drop_mask` (first ⟦n⟧ removed), `english_echo`
   (sent back untranslated), `refusal` ("作为一个AI语言模型，我无法翻译...")
 `reject_json_mode=True` makes it answer 400 to `response_format`, like endpoints without JSON mode.
+`echo_auth=True` makes every error body repeat the request's Authorization header, as a careless
+proxy might, so tests can check that the client never shows it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import socket
 import threading
@@ -33,7 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 FaultKind = Literal[
-    "rate_limit", "server_error", "hang", "malformed_json", "wrong_length", "drop_mask", "english_echo", "refusal"
+    "rate_limit", "server_error", "hang", "malformed_json", "wrong_length", "disconnect", "drop_mask",
+    "english_echo", "refusal",
 ]
 SEGMENT_FAULTS = {"drop_mask", "english_echo", "refusal"}
 REFUSAL = "作为一个AI语言模型，我无法翻译这段内容。"
@@ -79,10 +85,12 @@ class Fault:
     match: str | None = None
     times: int | None = 1
     retry_after: str = "1"
+    probability: float | None = None
     fired: int = 0
 
-    def applies(self, text: str) -> bool:
-        return (self.times is None or self.fired < self.times) and (self.match is None or self.match in text)
+    def applies(self, text: str, rng: random.Random) -> bool:
+        return ((self.times is None or self.fired < self.times) and (self.match is None or self.match in text)
+                and (self.probability is None or rng.random() < self.probability))
 
 
 @dataclass
@@ -96,6 +104,10 @@ class Stats:
     statuses: dict[int, int] = field(default_factory=dict)
     active: int = 0
     """Requests being handled right now."""
+    peak_active: int = 0
+    """The most requests ever handled at once."""
+    faults: dict[str, int] = field(default_factory=dict)
+    """Faults fired, by kind."""
 
 
 class ChatServer:
@@ -106,12 +118,16 @@ class ChatServer:
         dictionary: dict[str, str] | None = None,
         hang_s: float = 30.0,
         reject_json_mode: bool = False,
+        echo_auth: bool = False,
+        seed: int = 0,
     ) -> None:
         self.api_key = api_key
         self.latency_s = latency_s
         self.dictionary = dict(DICTIONARY if dictionary is None else dictionary)
         self.hang_s = hang_s
         self.reject_json_mode = reject_json_mode
+        self.echo_auth = echo_auth
+        self._rng = random.Random(seed)
         self.faults: list[Fault] = []
         self.stats = Stats()
         self.log: list[dict[str, Any]] = []
@@ -144,9 +160,10 @@ class ChatServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def add_fault(
-        self, kind: FaultKind, match: str | None = None, times: int | None = 1, retry_after: str = "1"
+        self, kind: FaultKind, match: str | None = None, times: int | None = 1, retry_after: str = "1",
+        probability: float | None = None,
     ) -> Fault:
-        fault = Fault(kind, match, times, retry_after)
+        fault = Fault(kind, match, times, retry_after, probability)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -167,8 +184,12 @@ class ChatServer:
         with self._lock:
             self.stats.requests += 1
             self.stats.active += 1
+            self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
         try:
-            return self._handle(headers, raw)
+            status, out_headers, body = self._handle(headers, raw)
+            if self.echo_auth and status >= 400:
+                body = _with_auth_echo(body, headers.get("authorization", ""))
+            return status, out_headers, body
         finally:
             with self._lock:
                 self.stats.active -= 1
@@ -196,6 +217,8 @@ class ChatServer:
         if fault is not None and fault.kind == "hang":
             self._stopping.wait(self.hang_s)
             return self._error(504, "gave up waiting", "timeout")
+        if fault is not None and fault.kind == "disconnect":
+            return DISCONNECT, {}, b""
         if self.latency_s:
             time.sleep(self.latency_s)
         content, n_segments = self._translate_user(user)
@@ -235,8 +258,9 @@ class ChatServer:
     def _take_fault(self, text: str, segment_level: bool) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if (fault.kind in SEGMENT_FAULTS) == segment_level and fault.applies(text):
+                if (fault.kind in SEGMENT_FAULTS) == segment_level and fault.applies(text, self._rng):
                     fault.fired += 1
+                    self.stats.faults[fault.kind] = self.stats.faults.get(fault.kind, 0) + 1
                     return fault
         return None
 
@@ -264,6 +288,19 @@ class ChatServer:
             self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
         body = {"error": {"message": message, "type": code, "code": code, "param": None}}
         return status, headers or {}, json.dumps(body).encode("utf-8")
+
+
+DISCONNECT = 0
+"""Status `handle` returns for "close the connection without answering"."""
+
+
+def _with_auth_echo(body: bytes, authorization: str) -> bytes:
+    """The error body with the request's Authorization header repeated in its message and a field."""
+    data = json.loads(body)
+    error = data.setdefault("error", {})
+    error["message"] = f"{error.get('message', '')} (request had Authorization: {authorization})"
+    error["request_headers"] = {"authorization": authorization}
+    return json.dumps(data).encode("utf-8")
 
 
 def _drop_last_item(content: str) -> str:
@@ -296,6 +333,10 @@ def _handler_for(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 status, headers, body = 404, {}, b'{"error": {"message": "not found"}}'
             else:
                 status, headers, body = server.handle({k.lower(): v for k, v in self.headers.items()}, raw)
+            if status == DISCONNECT:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
