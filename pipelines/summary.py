@@ -36,7 +36,11 @@ def _row(name: str, result: dict[str, Any]) -> tuple[str, ...]:
         return (name, str(result.get("n")), "-", "-", f"accuracy {result.get('accuracy', 0):.3f}", _secs(result))
     if name == "demo-data":
         counts = result.get("counts", {})
-        return (name, "-", str(counts.get("images", "-")), "-", "images generated", _secs(result))
+        notes = "images generated"
+        if vision := counts.get("vision_encoder"):
+            notes += (f"; vision encoder held-out cell shape {vision.get('heldout_cell_shape_accuracy', 0):.2f},"
+                      f" colour {vision.get('heldout_cell_color_accuracy', 0):.2f}")
+        return (name, "-", str(counts.get("images", "-")), "-", notes, _secs(result))
     return (name, "-", "-", "-", ", ".join(f"{k}={v}" for k, v in result.items() if k != "wall_s"), _secs(result))
 
 

@@ -90,6 +90,11 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[
                                         lambda s, r: [texts.color_question(x) for x in s.shapes]),
     }
     _write_eval_jsonl(staging / "heldout", heldout)
+    if settings.vision_encoder is not None:
+        from pipelines.demo.vision import pretrain_vision_encoder
+
+        counts["vision_encoder"] = pretrain_vision_encoder(
+            staging / "images", train, heldout, staging / "vision_encoder", settings.vision_encoder, settings.seed)
     _write_jsonl(staging / "translation_memory.jsonl", memory.rows())
     counts["memory_segments"] = len(memory.pairs)
     files = {str(p.relative_to(staging)): sha256_file(p)
