@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "train", "Train the recipe's stages (stage 1 captioning, stage 2 instructions) with LoRA.",
              "Checkpoints go to runs/<name>/train/<stage>/ in the VisualCLA release layout (safetensors).")
     p.add_argument("--stage", default=None, help="train only this stage (default: all, in order)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the stage")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the stage even if the recipe changed since (without it, a rerun resumes only from checkpoints of the same model, stage config, seed and shards)")
     _add(sub, "build-and-train", "Run every stage in order: demo data, download, translate, render, train, eval.",
          "With no arguments, runs the bundled demo recipe fully offline and prints a summary table.")
     p = _add(sub, "chat", "Chat with a checkpoint about an image (multi-turn).",

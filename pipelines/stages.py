@@ -81,7 +81,8 @@ def _publish(recipe: Recipe, options: Options) -> dict[str, Any]:
 
 
 def _train(recipe: Recipe, options: Options) -> dict[str, Any]:
-    from training.run import train_stage
+    from pipelines.io import stage_storage_errors
+    from training.run import CheckpointWriteError, train_stage
 
     wanted = getattr(options, "stage", None)
     if wanted is not None and wanted not in recipe.stages:
@@ -94,8 +95,10 @@ def _train(recipe: Recipe, options: Options) -> dict[str, Any]:
         if init_from is not None and not (init_from / "stage.json").is_file():
             raise StageFailed(f"train: stage {name} starts from {cfg.init_from}, which has no checkpoint in "
                               f"{init_from}; train it first (vcla train --stage {cfg.init_from})")
-        metrics = train_stage(recipe.model, name, cfg, recipe.run_dir / "render", train_dir / name,
-                              init_from=init_from, resume=getattr(options, "resume", False), seed=recipe.seed)
+        with stage_storage_errors("train", train_dir / name, CheckpointWriteError):
+            metrics = train_stage(recipe.model, name, cfg, recipe.run_dir / "render", train_dir / name,
+                                  init_from=init_from, resume=True if getattr(options, "resume", False) else "auto",
+                                  seed=recipe.seed)
         state = "already trained" if metrics.get("skipped") else "trained"
         print(f"[train] {name}: {state}, {metrics.get('steps')} steps, final loss {metrics.get('final_loss')}")
         summary[name] = {k: metrics.get(k) for k in ("steps", "final_loss", "padding_fraction", "train_runtime")}

@@ -157,6 +157,21 @@ def test_resume_gives_the_same_loss_curve(shards, tmp_path):
     assert [round(curve[s], 5) for s in (1, 2, 3, 4)] == [round(l, 5) for _, l in full["losses"]]
 
 
+def test_auto_resume_only_from_checkpoints_of_the_same_run(shards, tmp_path):
+    """What build-and-train does after a crash: resume if nothing changed, else start afresh."""
+    cfg, out = model_cfg(), tmp_path / "train" / "stage1"
+    train_stage(cfg, "stage1", stage(max_steps=4, save_steps=2), shards, out, resume="auto", _stop_after=2)
+    resumed = train_stage(cfg, "stage1", stage(max_steps=4, save_steps=2), shards, out, resume="auto")
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == 4
+    assert train_stage(cfg, "stage1", stage(max_steps=4, save_steps=2), shards, out, resume="auto").get("skipped")
+
+    other = tmp_path / "other" / "stage1"
+    train_stage(cfg, "stage1", stage(max_steps=4, save_steps=2), shards, other, resume="auto", _stop_after=2)
+    changed = train_stage(cfg, "stage1", stage(max_steps=4, save_steps=2, lr={"default": 3e-4}), shards, other,
+                          resume="auto")
+    assert changed["resumed_from"] is None and changed["steps"] == 4
+
+
 def test_llava_hf_export_generates_the_same_greedy_tokens(shards, tmp_path):
     from transformers import LlavaForConditionalGeneration
 

@@ -11,6 +11,7 @@ launch this under `torchrun` or `accelerate launch --config_file configs/acceler
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -98,6 +99,30 @@ def check_template(units, stage_cfg: StageConfig) -> None:
     if found != {stage_cfg.template}:
         raise ValueError(f"shards were rendered with template(s) {sorted(found)}, the stage says "
                          f"{stage_cfg.template!r}: chat would not see what training saw")
+
+
+def run_key(model_cfg: ModelConfig, stage_cfg: StageConfig, seed: int, init_from: Path | None,
+            shards_dir: Path) -> str:
+    """What a stage's checkpoints depend on: configs, seed, start weights and the shard manifest."""
+    h = hashlib.sha256(json.dumps([model_cfg.model_dump(mode="json"), stage_cfg.model_dump(mode="json"), seed,
+                                   str(init_from)], sort_keys=True, default=str).encode())
+    manifest = Path(shards_dir) / "manifest.json"
+    h.update(manifest.read_bytes() if manifest.is_file() else b"")
+    return h.hexdigest()
+
+
+def same_run(out_dir: Path, key: str) -> bool:
+    """True if `out_dir` holds checkpoints of this very run (same `run_key`)."""
+    path = out_dir / "run_key.json"
+    return (path.is_file() and json.loads(path.read_text()).get("key") == key
+            and last_checkpoint(out_dir / "checkpoints") is not None)
+
+
+def start_afresh(out_dir: Path, key: str) -> None:
+    """Forget checkpoints of another run (other config, seed or data) and record this run's key."""
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "run_key.json", {"key": key})
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -270,23 +295,30 @@ def train_stage(
     shards_dir: Path,
     out_dir: Path,
     init_from: Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     seed: int | None = None,
     _stop_after: int | None = None,
 ) -> dict:
     """Train one stage on the shard set `shards_dir` and write its folder `out_dir`.
 
     `init_from`: the previous stage's folder (stage 2 starts from stage 1's weights, merged).
-    `resume`: continue from the newest `out_dir/checkpoints/checkpoint-N` with the same data order.
+    `resume`: continue from the newest `out_dir/checkpoints/checkpoint-N` with the same data order;
+    "auto": do so only if those checkpoints were made with the same model, stage, seed and shards
+    (`run_key.json`), otherwise start afresh (what `build-and-train` does after a crash).
     Returns the stage metrics (also written to `out_dir/metrics.json`).
     """
     shards_dir, out_dir = Path(shards_dir), Path(out_dir)
     seed = stage_cfg.seed if seed is None else seed
     if stage_cfg.feature_cache and stage_cfg.trainable.vision != "frozen":
         raise ValueError(f"{stage_name}: feature_cache needs a frozen vision encoder (trainable.vision=frozen)")
-    if (out_dir / "stage.json").is_file() and (out_dir / "metrics.json").is_file() and not resume:
+    if (out_dir / "stage.json").is_file() and (out_dir / "metrics.json").is_file() and resume is not True:
         return {**json.loads((out_dir / "metrics.json").read_text()), "skipped": True}  # finished earlier
     started = time.time()
+    if resume == "auto":  # every rank reads before rank 0 may reset; a reset makes the answer False anyway
+        key = run_key(model_cfg, stage_cfg, seed, init_from, shards_dir)
+        resume = same_run(out_dir, key)
+        if not resume and dist_info()[0] == 0:
+            start_afresh(out_dir, key)
     if dist_info()[0] == 0:
         remove_stale(out_dir / "checkpoints")
 

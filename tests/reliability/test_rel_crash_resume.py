@@ -289,7 +289,7 @@ def full_disk_run(args: list[str], checkpoints: Path, env: dict, log: Path) -> N
     """The base model's files (2.4 MB at most) fit in 4 MiB, a checkpoint's optimizer state (5.8 MB)
     does not: the run stops naming the checkpoint, and leaves no checkpoint folder behind."""
     result = run_vcla(args, env=env, log=log, fsize=4 << 20)
-    failed_with(result, f"CheckpointWriteError: could not write the checkpoint {checkpoints / 'checkpoint-2'}:",
+    failed_with(result, f"vcla train: train: could not write the checkpoint {checkpoints / 'checkpoint-2'}:",
                 "MiB free", "then rerun with --resume")
     assert not list(checkpoints.glob("checkpoint-*")) and stale_temp_files(checkpoints) == []
 
