@@ -24,26 +24,16 @@ import time
 from pathlib import Path
 
 import pytest
-from support.crash import Call, child_env, kill_group, run_vcla, start_vcla
+from support.crash import Call, kill_group, run_vcla, start_vcla
 from support.rel_runs import (
     DATA, TRAIN, TRAIN_ARGS, assert_complete, assert_not_done_and_nothing_half_written, assert_same_records, digest,
-    failed_with, fresh_run, records, reference_run, sha256, stale_temp_files, train_reference, vcla_args, visible,
+    failed_with, fresh_run, records, sha256, stale_temp_files, train_reference, vcla_args, visible,
 )
 
 pytestmark = pytest.mark.xdist_group("reliability")
 SEED = 20261121
 LOSS_TOLERANCE = 1e-4
 """Absolute tolerance on each logged loss of a resumed run (CPU, fp32; observed difference: 0)."""
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    return reference_run(tmp_path_factory.getbasetemp() / "reliability")
-
-
-@pytest.fixture(scope="module")
-def env(prefect_server) -> dict[str, str]:
-    return child_env({"PREFECT_API_URL": prefect_server})
 
 
 def kill(args: list[str], point: Call, env: dict, log: Path):

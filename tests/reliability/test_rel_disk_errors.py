@@ -15,24 +15,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from support.crash import child_env, run_vcla
+from support.crash import run_vcla
 from support.rel_runs import (
-    assert_not_done_and_nothing_half_written, digest, failed_with, fresh_run, records, reference_run,
+    assert_not_done_and_nothing_half_written, digest, failed_with, fresh_run, records,
     stale_temp_files, vcla_args,
 )
 
 pytestmark = pytest.mark.xdist_group("reliability")
 KIB = 1024
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    return reference_run(tmp_path_factory.getbasetemp() / "reliability")
-
-
-@pytest.fixture(scope="module")
-def env(prefect_server) -> dict[str, str]:
-    return child_env({"PREFECT_API_URL": prefect_server})
 
 
 def test_render_on_a_full_disk_then_in_a_read_only_folder_fails_clearly_and_the_rerun_matches(
