@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.demo.corpus import image_name
 from pipelines.demo.scenes import COLORS, POSITIONS, SHAPES, Scene
 from pipelines.progress import bar
 from pipelines.recipe import DemoVisionConfig
@@ -79,8 +80,6 @@ def pretrain_vision_encoder(images_dir: Path, train: list[Scene], heldout: list[
 
 def _pixels(images_dir: Path, scenes: list[Scene], processor, size: int) -> torch.Tensor:
     """Normalised pixels, resized to `size` as the download stage will (area filter, square images)."""
-    from pipelines.demo.corpus import image_name
-
     pil = [Image.open(images_dir / image_name(s.image_id)).convert("RGB").resize((size, size), Image.Resampling.BOX)
            for s in scenes]
     return processor(images=pil, return_tensors="pt")["pixel_values"]

@@ -34,8 +34,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from support.loopback import LoopbackHTTPServer
 
 FaultKind = Literal[
     "rate_limit", "server_error", "hang", "malformed_json", "wrong_length", "disconnect", "drop_mask",
@@ -134,19 +136,18 @@ class ChatServer:
         """One entry per request: body (the parsed JSON) and status."""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: LoopbackHTTPServer | None = None
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self) -> "ChatServer":
-        self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._httpd = LoopbackHTTPServer(_handler_for(self))
+        self._httpd.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
         if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+            self._httpd.stop()
 
     def __enter__(self) -> "ChatServer":
         return self.start()
@@ -157,7 +158,7 @@ class ChatServer:
     @property
     def base_url(self) -> str:
         assert self._httpd is not None, "start() the server first"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return self._httpd.origin + "/v1"
 
     def add_fault(
         self, kind: FaultKind, match: str | None = None, times: int | None = 1, retry_after: str = "1",
@@ -308,12 +309,6 @@ def _drop_last_item(content: str) -> str:
     items = data["t"]
     data["t"] = items[:-1] if len(items) > 1 else items + items
     return json.dumps(data, ensure_ascii=False)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    """The default backlog (5) refuses connections when many clients connect at once."""
 
 
 def _handler_for(server: ChatServer) -> type[BaseHTTPRequestHandler]:

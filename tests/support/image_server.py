@@ -15,9 +15,11 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from PIL import Image
+
+from support.loopback import LoopbackHTTPServer
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,6 @@ class Route:
     """Seconds to wait before answering (to provoke client timeouts)."""
 
 
-class _Server(ThreadingHTTPServer):
-    # The default listen backlog (5) drops SYNs when img2dataset opens a burst of connections
-    # on a loaded 2-core CI box; a dropped SYN is retried after 1 s and reads as a timeout.
-    request_queue_size = 256
-    daemon_threads = True
-
-
 class ImageServer:
     """ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread."""
 
@@ -43,23 +38,21 @@ class ImageServer:
         self.routes = dict(routes)
         self.hits: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LoopbackHTTPServer(self._handler())
 
     @property
     def port(self) -> int:
         return self._server.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return self._server.origin + path
 
     def __enter__(self) -> "ImageServer":
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
