@@ -107,8 +107,11 @@ def test_forward_backward_shapes_and_gradients_per_stage(visualcla_run):
     base = visualcla_run / "base"
     model = load_merged(base)
     b = batch_for(model)
-    out = model(**b)
+    out = model.eval()(**b)
     assert out.logits.shape == (2, 12, model.text_model.config.vocab_size)
+    trained = model.train()(**b)  # training: the loss from logits of trained positions only
+    assert trained.logits is None
+    torch.testing.assert_close(trained.loss, out.loss, rtol=1e-5, atol=1e-6)
     assert grads_by_module(setup_stage(load_merged(base), stage().trainable, stage().lora)) == {
         "vision_model:lora", "text_model:lora", "visual_resampler:full", "image_projection_layer:full",
         "text_model:full:embed"}

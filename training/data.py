@@ -15,8 +15,8 @@ Blocks, each with one job:
 * `ShardStream`: an `IterableDataset` of ready batches. A buffer of examples is shuffled, then
   (length grouping) sorted by length and cut into batches whose order is shuffled again; every
   consumer yields exactly its quota of batches (passes repeat its units), so ranks stay in step.
-* `Collator`: right padding, `pixel_values` for the rows that have an image (or cached
-  `image_features`), and the padding count the trainer logs as `padding_fraction`.
+* `Collator`: right padding, `pixel_values` for the rows that have an image (or their cached
+  `image_features` / `connector_features`), and the padding count the trainer logs as `padding_fraction`.
 """
 
 from __future__ import annotations
@@ -47,19 +47,40 @@ class Encoded:
     truncated: bool = False
 
 
-def encode_turns(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: int, max_length: int) -> Encoded | None:
-    """Token ids and labels of one rendered conversation (None: the first prompt does not fit)."""
-    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    labels = [IGNORE] * len(ids)
-    truncated = False
+def segments(turns: list[dict], *, image: bool, num_image_tokens: int) -> list[tuple[str, str]]:
+    """(prompt, response) texts as they are tokenised: the first prompt's image block expanded."""
+    out = []
     for i, turn in enumerate(turns):
         prompt = turn["prompt"]
         if i == 0:
             prompt = expand_image_block(prompt, num_image_tokens, expected=1 if image else 0)
         elif IMAGE_BLOCK in prompt:
             raise ValueError(f"turn {i}: an image block outside the first prompt")
-        p = tokenizer.encode(prompt, add_special_tokens=False)
-        r = tokenizer.encode(turn["response"], add_special_tokens=False)
+        out.append((prompt, turn["response"]))
+    return out
+
+
+def encode_texts(tokenizer, texts: list[str]) -> dict[str, list[int]]:
+    """Token ids of many texts in one batched call (a fast tokenizer encodes a batch in parallel,
+    without the per-call overhead that dominates short segments)."""
+    unique = list(dict.fromkeys(texts))
+    return dict(zip(unique, tokenizer(unique, add_special_tokens=False)["input_ids"])) if unique else {}
+
+
+def encode_turns(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: int, max_length: int,
+                 known: dict[str, list[int]] | None = None) -> Encoded | None:
+    """Token ids and labels of one rendered conversation (None: the first prompt does not fit).
+    `known`: ids of segments already tokenised (`encode_texts`); others are tokenised here."""
+    def encode(text: str) -> list[int]:
+        found = known.get(text) if known is not None else None
+        return list(found) if found is not None else tokenizer.encode(text, add_special_tokens=False)
+
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    labels = [IGNORE] * len(ids)
+    truncated = False
+    turns = segments(turns, image=image, num_image_tokens=num_image_tokens)
+    for i, (prompt, response) in enumerate(turns):
+        p, r = encode(prompt), encode(response)
         if i == len(turns) - 1:
             r.append(tokenizer.eos_token_id)
         room = max_length - len(ids) - len(p)
@@ -81,13 +102,11 @@ def prompt_ids(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: i
     """Token ids a model continues at chat/eval time: every turn as in training (each segment on
     its own), the last turn's (empty) response left for the model to write."""
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    for i, turn in enumerate(turns):
-        prompt = turn["prompt"]
-        if i == 0:
-            prompt = expand_image_block(prompt, num_image_tokens, expected=1 if image else 0)
+    pairs = segments(turns, image=image, num_image_tokens=num_image_tokens)
+    for i, (prompt, response) in enumerate(pairs):
         ids += tokenizer.encode(prompt, add_special_tokens=False)
-        if i < len(turns) - 1:
-            ids += tokenizer.encode(turn["response"], add_special_tokens=False)
+        if i < len(pairs) - 1:
+            ids += tokenizer.encode(response, add_special_tokens=False)
     return ids
 
 
@@ -163,6 +182,8 @@ class StreamConfig:
     world_size: int = 1
     buffer_batches: int = 32
     feature_cache: Path | None = None
+    feature_key: str = "image_features"
+    """The model argument cached tensors go to (`features.LEVELS`)."""
 
 
 class ShardStream(IterableDataset):
@@ -197,9 +218,10 @@ class ShardStream(IterableDataset):
         for unit in units:
             rows = read_unit(unit)
             features = self._cached_features(unit) if cfg.feature_cache else None
+            known = encode_texts(self.tokenizer, [text for row in rows for text in self._texts(row)])
             for i, row in enumerate(rows):
                 has_image = row["image"] is not None and row["image"].get("bytes") is not None
-                enc = encode_turns(self.tokenizer, row["turns"], image=has_image,
+                enc = encode_turns(self.tokenizer, row["turns"], image=has_image, known=known,
                                    num_image_tokens=cfg.num_image_tokens, max_length=cfg.max_length)
                 if enc is None:
                     self.skipped += 1
@@ -207,10 +229,20 @@ class ShardStream(IterableDataset):
                 ex = {"input_ids": enc.input_ids, "labels": enc.labels}
                 if has_image:
                     if features is not None:
-                        ex["image_features"] = features[i]
+                        ex[cfg.feature_key] = features[i]
                     else:
                         ex["image"] = row["image"]["bytes"]
                 yield ex
+
+    def _texts(self, row: dict) -> list[str]:
+        """The row's segments for the unit's batched tokenisation; none for a malformed row, which
+        `encode_turns` then reports as it would alone."""
+        image = row["image"] is not None and row["image"].get("bytes") is not None
+        try:
+            pairs = segments(row["turns"], image=image, num_image_tokens=self.cfg.num_image_tokens)
+        except ValueError:
+            return []
+        return [text for pair in pairs for text in pair]
 
     def _batches(self, units: list[Unit], rng: random.Random) -> Iterator[dict[str, torch.Tensor]]:
         cfg, size = self.cfg, self.cfg.batch_size
@@ -267,8 +299,9 @@ class Collator:
         real = int(attention_mask.sum())
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                  "padding_stats": torch.tensor([n * longest - real, n * longest])}
-        if any("image_features" in e for e in examples):
-            batch["image_features"] = torch.stack([e["image_features"] for e in examples if "image_features" in e])
+        for key in ("image_features", "connector_features"):
+            if any(key in e for e in examples):
+                batch[key] = torch.stack([e[key] for e in examples if key in e])
         images = [e["image"] for e in examples if "image" in e]
         if images:
             batch["pixel_values"] = self.process(images)

@@ -1,6 +1,8 @@
 """Stage-1 feature cache: with a frozen vision encoder, encode every image once, train from disk.
 
-One safetensors file per shard unit (`<unit.key>.safetensors`, tensor `features`
+What is cached is the input of the first module that trains: the vision features when the
+connector trains (LLaVA stage 1), the connector's output when it is frozen too (Ziya's Q-Former),
+so a training step runs only the trained modules and the LLM. One safetensors file per shard unit (`<unit.key>.safetensors`, tensor `features`
 [rows, tokens, width], zeros for text-only rows), written atomically (`.tmp-<name>`, renamed) by the
 rank that owns the unit (`units[rank::world]`); a rerun skips units already cached and removes the
 temp file a killed run left. The folder name is a hash of what the features depend on (vision
@@ -22,20 +24,43 @@ from safetensors.torch import save_file
 from training.data import Unit, read_unit
 
 
-def cache_key(model, processor) -> str:
+LEVELS = {"vision": "image_features", "connector": "connector_features"}
+"""Cache level -> the model's keyword argument that takes the cached tensor."""
+
+
+def cache_level(trainable) -> str:
+    """Where to cut: after the connector if it is frozen as well, else after the vision encoder."""
+    return "connector" if trainable.connector == "frozen" else "vision"
+
+
+def cache_key(model, processor, level: str = "vision") -> str:
+    """A hash of everything the cached tensors depend on (configs, processor, frozen weights)."""
     cfg = model.config
     h = hashlib.sha256()
-    h.update(json.dumps(cfg.vision_config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(json.dumps([level, cfg.vision_config.to_dict()], sort_keys=True, default=str).encode())
     h.update(json.dumps([cfg.vision_feature_layer, cfg.vision_keep_cls, cfg.vision_post_layernorm]).encode())
     h.update(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
-    for p in list(model.vision_model.parameters())[:: max(1, len(list(model.vision_model.parameters())) // 8)]:
-        h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+    parts = [model.vision_model]
+    if level == "connector":
+        h.update(json.dumps(cfg.visual_resampler_config or {}, sort_keys=True, default=str).encode())
+        parts.append(model.visual_resampler)
+    for part in parts:
+        params = list(part.parameters())
+        for p in params[:: max(1, len(params) // 8)]:
+            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
     return h.hexdigest()[:16]
+
+
+def encode_images(model, pixels: torch.Tensor, level: str) -> torch.Tensor:
+    features = model.vision_features(pixels)
+    if level == "connector":
+        features = model.visual_resampler(features.to(model.image_projection_layer.weight.dtype))
+    return features
 
 
 @torch.no_grad()
 def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: int = 0, world: int = 1,
-                        batch_size: int = 64) -> Path:
+                        batch_size: int = 64, level: str = "vision") -> Path:
     """Encode this rank's units into `folder`; returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +78,7 @@ def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: 
         for s in range(0, len(with_image), batch_size):
             idx = with_image[s:s + batch_size]
             pixels = collator.process([rows[i]["image"]["bytes"] for i in idx]).to(model.device)
-            chunks.append(model.vision_features(pixels).cpu())
+            chunks.append(encode_images(model, pixels, level).cpu())
         if chunks:
             feats = torch.cat(chunks)
             out = torch.zeros((len(rows), *feats.shape[1:]), dtype=feats.dtype)

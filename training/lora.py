@@ -17,6 +17,8 @@ wrapped and is saved in `non_lora_trainables.safetensors` (LLaVA's name for the 
 
 from __future__ import annotations
 
+import types
+
 from torch import nn
 
 from training.config import LearningRates, LoraConfig, TrainableConfig
@@ -67,7 +69,18 @@ def setup_stage(model: nn.Module, trainable: TrainableConfig, lora: LoraConfig) 
         getattr(base, name).requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("this stage trains nothing: every module is frozen")
+    for name in ("vision_model", "visual_resampler"):
+        if not any(p.requires_grad for p in getattr(base, name).parameters()):
+            keep_in_eval_mode(getattr(base, name))
     return model
+
+
+def keep_in_eval_mode(module: nn.Module) -> None:
+    """Pin a frozen vision tower or connector to eval mode, as BLIP-2 pins its frozen ViT: a
+    frozen Q-Former applies no dropout, so its output is what the feature cache stored, and the
+    Trainer's `model.train()` each step no longer walks these sub-trees."""
+    module.eval()
+    module.train = types.MethodType(lambda self, mode=True: self, module)
 
 
 def group_of(name: str) -> str:

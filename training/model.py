@@ -21,9 +21,11 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from training.connectors import build_connector, num_image_tokens
 
+IGNORE_INDEX = -100
 VISION_CLASSES = {"clip_vision_model": CLIPVisionModel, "blip_2_vision_model": Blip2VisionModel}
 
 
@@ -121,33 +123,52 @@ class VisualCLAModel(PreTrainedModel):
     # ---- forward --------------------------------------------------------------------------
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The features the connector sees: chosen layer, post-LN or not, CLS kept or not."""
+        """The features the connector sees: chosen layer, post-LN or not, CLS kept or not.
+
+        Only the layers up to the chosen one run (LLaVA's layer -2 skips the last layer's compute;
+        transformers' `output_hidden_states` path would run them all and keep every layer's output).
+        """
         cfg = self.config
         blip2 = cfg.vision_config.model_type == "blip_2_vision_model"
-        last = cfg.vision_feature_layer in (-1, cfg.vision_config.num_hidden_layers)
-        want_hidden = not last or (blip2 and not cfg.vision_post_layernorm)
         pixel_values = pixel_values.to(self.vision_model.dtype)
-        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=want_hidden)
-        if want_hidden:
-            h, normed = out.hidden_states[cfg.vision_feature_layer], False
+        layers = cfg.vision_config.num_hidden_layers
+        depth = cfg.vision_feature_layer % (layers + 1)  # hidden_states[i] is the output of i layers
+        if depth == layers and (cfg.vision_post_layernorm or not blip2):
+            h = self.vision_model(pixel_values=pixel_values).last_hidden_state
+            normed = blip2  # BLIP-2 applies its post-LN to last_hidden_state, CLIP does not
         else:
-            h, normed = out.last_hidden_state, blip2  # BLIP-2 applies its post-LN to last_hidden_state
+            h, normed = self._first_layers(pixel_values, depth, blip2), False
         if cfg.vision_post_layernorm and not normed:
-            inner = getattr(self.vision_model, "vision_model", self.vision_model)
-            h = inner.post_layernorm(h)
+            h = self._vision_inner().post_layernorm(h)
         return h if cfg.vision_keep_cls else h[:, 1:]
 
-    def image_embeddings(self, pixel_values=None, image_features=None) -> torch.Tensor:
-        if image_features is None:
-            image_features = self.vision_features(pixel_values)
-        image_features = image_features.to(self.image_projection_layer.weight.dtype)
-        return self.image_projection_layer(self.visual_resampler(image_features))
+    def _vision_inner(self) -> nn.Module:
+        return getattr(self.vision_model, "vision_model", self.vision_model)
 
-    def embed(self, input_ids, pixel_values=None, image_features=None) -> torch.Tensor:
+    def _first_layers(self, pixel_values: torch.Tensor, depth: int, blip2: bool) -> torch.Tensor:
+        inner = self._vision_inner()
+        h = inner.embeddings(pixel_values)
+        if not blip2:
+            h = inner.pre_layrnorm(h)
+        for layer in inner.encoder.layers[:depth]:
+            h = layer(h) if blip2 else layer(h, None)
+        return h
+
+    def image_embeddings(self, pixel_values=None, image_features=None, connector_features=None) -> torch.Tensor:
+        """Projected image tokens from pixels, from cached vision features (frozen vision), or from
+        cached connector outputs (frozen vision and connector, Ziya's Q-Former)."""
+        if connector_features is None:
+            if image_features is None:
+                image_features = self.vision_features(pixel_values)
+            image_features = image_features.to(self.image_projection_layer.weight.dtype)
+            connector_features = self.visual_resampler(image_features)
+        return self.image_projection_layer(connector_features.to(self.image_projection_layer.weight.dtype))
+
+    def embed(self, input_ids, pixel_values=None, image_features=None, connector_features=None) -> torch.Tensor:
         embeds = self.text_model.get_input_embeddings()(input_ids)
-        if pixel_values is None and image_features is None:
+        if pixel_values is None and image_features is None and connector_features is None:
             return embeds
-        images = self.image_embeddings(pixel_values, image_features)
+        images = self.image_embeddings(pixel_values, image_features, connector_features)
         slots = input_ids == self.config.image_token_id
         if int(slots.sum()) != images.shape[0] * images.shape[1]:
             raise ValueError(f"{int(slots.sum())} <img_token> positions for {images.shape[0]} image(s) of "
@@ -155,11 +176,19 @@ class VisualCLAModel(PreTrainedModel):
         return embeds.masked_scatter(slots.unsqueeze(-1), images.to(embeds.dtype))
 
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, image_features=None,
-                **kwargs):
+                connector_features=None, num_items_in_batch=None, **kwargs):
+        """Training with `labels`: the loss alone, logits formed only for the trained positions
+        (`causal_lm_loss`; as Liger's fused loss skips logits in training). Otherwise the LLM's
+        usual output: logits for every position, and the same loss when `labels` are given."""
         kwargs.pop("use_cache", None)
-        embeds = self.embed(input_ids, pixel_values, image_features)
-        return self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                               use_cache=False, **kwargs)
+        embeds = self.embed(input_ids, pixel_values, image_features, connector_features)
+        if labels is None or not self.training:
+            return self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                                   use_cache=False, num_items_in_batch=num_items_in_batch, **kwargs)
+        hidden = self.text_model.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
+                                       **kwargs).last_hidden_state
+        loss = causal_lm_loss(self.text_model.get_output_embeddings(), hidden, labels, num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, **gen_kwargs):
@@ -172,6 +201,24 @@ class VisualCLAModel(PreTrainedModel):
 
     def get_output_embeddings(self):
         return self.text_model.get_output_embeddings()
+
+
+def causal_lm_loss(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                   num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy, the same value as `LlamaForCausalLM`'s loss, with the LM head run
+    only on positions whose next token is trained. Prompts, image tokens and padding (most of a
+    stage-1 sequence) never get logits: that saves the head's compute and the batch x length x
+    vocab float tensor. `num_items_in_batch` (the Trainer's, under gradient accumulation) divides
+    the summed loss instead of the number of trained tokens, as transformers' loss does."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = lm_head(hidden[:, :-1][keep]).float()
+    loss = nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    if num_items_in_batch is None:
+        return loss / keep.sum().clamp(min=1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
 
 
 # ---- loading parts ------------------------------------------------------------------------------

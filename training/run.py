@@ -217,6 +217,13 @@ class VisualCLATrainer(Trainer):
             self.samples += inputs["input_ids"].shape[0]
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def floating_point_ops(self, inputs: dict) -> int:
+        """transformers' estimate (6 x tokens x non-embedding parameters), the count taken once: the
+        default recounts every parameter each step, which costs more than a tiny model's step."""
+        if getattr(self, "_flop_params", None) is None:
+            self._flop_params = self.accelerator.unwrap_model(self.model).num_parameters(exclude_embeddings=True)
+        return 6 * inputs["input_ids"].numel() * self._flop_params
+
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs and self.padding[1] > 0:
             logs["padding_fraction"] = round(float(self.padding[0]) / float(self.padding[1]), 4)
@@ -384,17 +391,19 @@ def train_stage(
     if stage_cfg.warmup_ratio:
         args.warmup_steps = math.ceil(stage_cfg.warmup_ratio * args.max_steps)
     collator = Collator(pad_token_id=tokenizer.pad_token_id, image_processor=processor)
-    cache = None
+    cache, feature_key = None, "image_features"
     if stage_cfg.feature_cache:
-        from training.features import build_feature_cache, cache_key
+        from training.features import LEVELS, build_feature_cache, cache_key, cache_level
 
-        cache = out_dir / "feature_cache" / cache_key(model, processor)
-        build_feature_cache(model.to(args.device), units, collator, cache, rank, world)
+        level = cache_level(stage_cfg.trainable)
+        cache = out_dir / "feature_cache" / cache_key(model, processor, level)
+        build_feature_cache(model.to(args.device), units, collator, cache, rank, world, level=level)
+        feature_key = LEVELS[level]
         barrier()
     stream = ShardStream(units, tokenizer, collator, StreamConfig(
         batch_size=stage_cfg.batch_size, max_length=stage_cfg.max_length, num_image_tokens=config.num_image_tokens,
         batches_per_rank=batches, length_grouping=stage_cfg.length_grouping, seed=seed, rank=rank,
-        world_size=world, feature_cache=cache,
+        world_size=world, feature_cache=cache, feature_key=feature_key,
     ))
 
     # 5. what trains
