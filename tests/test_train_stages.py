@@ -218,7 +218,9 @@ def test_chat_and_evaluate(visualcla_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_steps_under_torchrun_on_cpu(shards, tmp_path):
+def test_two_steps_under_torchrun_on_cpu_keep_the_replicas_in_sync(shards, tmp_path):
+    """Two ranks (gloo DDP): each trains on its own shards, gradients are all-reduced, so both
+    replicas end with the same weights (a run where each rank trained alone would not)."""
     import socket
 
     script = tmp_path / "ddp.py"
@@ -226,12 +228,21 @@ def test_two_steps_under_torchrun_on_cpu(shards, tmp_path):
         "import sys, json, os\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from pathlib import Path\n"
+        "from safetensors.torch import save_file\n"
         "from tests.test_train_stages import model_cfg, stage\n"
-        "from training.run import train_stage\n"
+        "from training.checkpoint import trainable_state\n"
+        "from training.run import VisualCLATrainer, train_stage\n"
+        "train = VisualCLATrainer.train\n"
+        "def train_and_keep_weights(self, *a, **k):  # each rank's replica after training\n"
+        "    out = train(self, *a, **k)\n"
+        "    state = trainable_state(self.accelerator.unwrap_model(self.model))\n"
+        f"    save_file(state, str(Path({str(tmp_path)!r}) / f\"weights-{{os.environ['RANK']}}.safetensors\"))\n"
+        "    return out\n"
+        "VisualCLATrainer.train = train_and_keep_weights\n"
         f"m = train_stage(model_cfg(), 'stage1', stage(max_steps=2, save_steps=10), Path({str(shards)!r}), "
         f"Path({str(tmp_path / 'train' / 'stage1')!r}))\n"
         f"out = Path({str(tmp_path)!r}) / f\"metrics-{{os.environ['RANK']}}.json\"\n"
-        "out.write_text(json.dumps({k: m[k] for k in ('steps', 'world_size', 'losses')}))\n"
+        "out.write_text(json.dumps({k: m[k] for k in ('steps', 'world_size', 'losses', 'batches_per_rank')}))\n"
     )
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
@@ -242,4 +253,12 @@ def test_two_steps_under_torchrun_on_cpu(shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = [json.loads((tmp_path / f"metrics-{rank}.json").read_text()) for rank in (0, 1)]
     assert all(m["steps"] == 2 and m["world_size"] == 2 for m in metrics)
+    assert metrics[0]["losses"] == metrics[1]["losses"]  # the logged loss is the mean over ranks
+    from safetensors.torch import load_file
+
+    w0, w1 = (load_file(str(tmp_path / f"weights-{rank}.safetensors")) for rank in (0, 1))
+    assert w0.keys() == w1.keys() and len(w0) > 0
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    lora_b = [w0[k] for k in w0 if "lora_B" in k]
+    assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # LoRA B starts at zero: training moved it
     assert (tmp_path / "train" / "stage1" / "adapter_model.safetensors").is_file()

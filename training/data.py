@@ -288,15 +288,11 @@ class Collator:
         longest = max(len(e["input_ids"]) for e in examples)
         longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
         n = len(examples)
-        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, longest), IGNORE, dtype=torch.long)
-        attention_mask = torch.zeros((n, longest), dtype=torch.long)
-        for i, e in enumerate(examples):
-            k = len(e["input_ids"])
-            input_ids[i, :k] = torch.tensor(e["input_ids"])
-            labels[i, :k] = torch.tensor(e["labels"])
-            attention_mask[i, :k] = 1
-        real = int(attention_mask.sum())
+        pads = [longest - len(e["input_ids"]) for e in examples]
+        input_ids = torch.tensor([e["input_ids"] + [self.pad_token_id] * k for e, k in zip(examples, pads)])
+        labels = torch.tensor([e["labels"] + [IGNORE] * k for e, k in zip(examples, pads)])
+        attention_mask = torch.tensor([[1] * (longest - k) + [0] * k for k in pads])
+        real = n * longest - sum(pads)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                  "padding_stats": torch.tensor([n * longest - real, n * longest])}
         for key in ("image_features", "connector_features"):

@@ -217,6 +217,17 @@ class VisualCLATrainer(Trainer):
             self.samples += inputs["input_ids"].shape[0]
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def _clip_grad_norm(self, model):
+        """The Trainer's clipping over the optimiser's parameters instead of every parameter of the
+        model: frozen encoders hold most tensors of a stage and never have a gradient. FSDP and
+        DeepSpeed clip their own way (the Trainer's path)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return super()._clip_grad_norm(model)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+
     def floating_point_ops(self, inputs: dict) -> int:
         """transformers' estimate (6 x tokens x non-embedding parameters), the count taken once: the
         default recounts every parameter each step, which costs more than a tiny model's step."""
@@ -343,6 +354,9 @@ def train_stage(
         dataloader_num_workers=stage_cfg.dataloader_workers, remove_unused_columns=False,
         gradient_checkpointing=stage_cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if stage_cfg.gradient_checkpointing else None,
+        # on CPU, accelerate runs several processes as DDP only when told `cpu`: without it each rank
+        # trained its own copy with no gradient all-reduce (tests/test_train_stages.py checks replicas match)
+        use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None, ddp_find_unused_parameters=world > 1,
         disable_tqdm=os.environ.get("VCLA_PROGRESS") == "0" or rank != 0, **flags,  # steps, ETA
     )
