@@ -9,8 +9,12 @@
    its build time is reported separately). Target >= 3x. Two shapes: LLaVA stage 1 (frozen CLIP,
    the MLP projector trains: vision features cached; `cache_speedup`) and Ziya stage 1 (frozen
    BLIP-2 ViT and Q-Former, the projection trains: Q-Former outputs cached; `cache_speedup_ziya`).
+   `stage1_ms_per_step` splits both stage-1 steps into data / forward / backward: the cached step
+   is the frozen LLM's forward and backward, which no cache removes, so `bound` (live step over the
+   cached forward + backward) is the most the cache can gain in this config.
 3. Padding fraction of our batches with vs without length grouping.
-No GPU in this session: no MFU is reported. Run it on an otherwise idle machine: shared cores skew the ratios.
+Each configuration runs `--repeats` times, interleaved; the median run is reported. No GPU in this
+session: no MFU. Run it on an otherwise idle machine: shared cores skew the ratios.
 """
 
 from __future__ import annotations
@@ -100,6 +104,45 @@ def llava_baseline(shards: Path, base: Path) -> dict:
     return {"samples_per_second": samples / wall, "tokens_per_second": tokens / wall, "padding_fraction": padding / total}
 
 
+def step_breakdown(model_cfg: ModelConfig, stage_over: dict, shards: Path, base: Path, steps: int) -> dict:
+    """Milliseconds per stage-1 step spent in data, forward and backward, live and from the cache
+    (a hand loop over the stage's own batches). `bound` = the live step over the cached forward +
+    backward: the most a cache can gain when the rest of the cached step costs nothing."""
+    from transformers import AutoTokenizer
+
+    from training.build import image_processor_from
+    from training.checkpoint import load_stage
+    from training.data import Collator, ShardStream, StreamConfig, shard_units, stage_files
+    from training.features import LEVELS, build_feature_cache, cache_level
+    from training.lora import setup_stage
+
+    st = stage(**stage_over)
+    tok, model = AutoTokenizer.from_pretrained(str(base)), load_stage(base, None)
+    collator = Collator(pad_token_id=tok.pad_token_id, image_processor=image_processor_from(base, model.config))
+    units, level = shard_units(stage_files(shards, "pretrain")), cache_level(st.trainable)
+    cache = build_feature_cache(model, units, collator, base.parent / f"breakdown-cache-{level}", level=level)
+    model = setup_stage(model, st.trainable, st.lora).train()
+    out = {}
+    for name, folder in (("live", None), ("cache", cache)):
+        stream = ShardStream(units, tok, collator, StreamConfig(
+            batch_size=BATCH, max_length=256, num_image_tokens=model.config.num_image_tokens,
+            batches_per_rank=steps, feature_cache=folder, feature_key=LEVELS[level]))
+        t0 = time.perf_counter()
+        batches = list(stream)
+        data, fwd, bwd = time.perf_counter() - t0, 0.0, 0.0
+        for b in batches:
+            b.pop("padding_stats")
+            t0 = time.perf_counter()
+            loss = model(**b).loss
+            t1 = time.perf_counter()
+            loss.backward()
+            fwd, bwd = fwd + t1 - t0, bwd + time.perf_counter() - t1
+            model.zero_grad()
+        out[name] = {k: round(1000 * v / steps, 2) for k, v in (("data", data), ("forward", fwd), ("backward", bwd))}
+    live = sum(out["live"].values())
+    return {**out, "bound": round(live / (out["cache"]["forward"] + out["cache"]["backward"]), 2)}
+
+
 S1 = {"data": "pretrain", "template": "none",
       "trainable": {"vision": "frozen", "connector": "full", "projection": "full", "llm": "frozen"}}
 Z1 = {"data": "pretrain", "template": "none",
@@ -156,6 +199,8 @@ def main() -> None:
             "z1": ours("z1", ziya_cfg, **Z1),
             "z1c": ours("z1c", ziya_cfg, **Z1, feature_cache=True),
         }, args.repeats)
+        breakdown = {"llava_stage1": step_breakdown(cfg, S1, shards, tmp / "s1-0" / "train" / "base", STEPS),
+                     "ziya_stage1": step_breakdown(ziya_cfg, Z1, shards, tmp / "z1-0" / "train" / "base", STEPS)}
     m = {name: median_by(rs, sps) for name, rs in runs.items() if name != "llava"}
     llava = median_by(runs["llava"], lambda r: r["samples_per_second"])
     result = {
@@ -173,6 +218,7 @@ def main() -> None:
         "ziya_stage1_samples_per_second_no_cache": sps(m["z1"]),
         "ziya_stage1_samples_per_second_cache": sps(m["z1c"]),
         "cache_speedup_ziya": sps(m["z1c"]) / sps(m["z1"]),
+        "stage1_ms_per_step": breakdown,
         "padding_fraction_grouped": m["grouped"]["padding_fraction"], "padding_fraction_plain": m["plain"]["padding_fraction"],
         "padding_fraction_llava_plain": llava["padding_fraction"],
         "all_runs_samples_per_second": {name: [round(sps(r) if name != "llava" else r["samples_per_second"], 1)

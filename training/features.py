@@ -2,13 +2,14 @@
 
 What is cached is the input of the first module that trains: the vision features when the
 connector trains (LLaVA stage 1), the connector's output when it is frozen too (Ziya's Q-Former),
-so a training step runs only the trained modules and the LLM. One safetensors file per shard unit (`<unit.key>.safetensors`, tensor `features`
-[rows, tokens, width], zeros for text-only rows), written atomically (`.tmp-<name>`, renamed) by the
-rank that owns the unit (`units[rank::world]`); a rerun skips units already cached and removes the
-temp file a killed run left. The folder name is a hash of what the features depend on (vision
-config and weights, feature layer/CLS/post-LN, image processor), so a different encoder never
-reads stale features. Disk cost: rows x tokens x width
-x 2-4 bytes (ViT-L/14, 257 tokens, bf16: ~0.5 MB per image).
+so a training step runs only the trained modules and the LLM. One safetensors file per shard unit
+(`<unit.key>.safetensors`, tensor `features` [rows, tokens, width], zeros for text-only rows),
+written atomically (`.tmp-<name>`, renamed) by the rank that owns the unit (`units[rank::world]`);
+a rerun skips units already cached and removes the temp file a killed run left. The folder name
+is a hash of what the features depend on (level, vision config and weights, feature
+layer/CLS/post-LN, image processor, and the connector when it is cached too), so a different
+encoder never reads stale features. Disk cost: rows x tokens x width x 2-4 bytes (ViT-L/14,
+257 tokens, bf16: ~0.5 MB per image; a 32-query Q-Former: ~0.05 MB).
 """
 
 from __future__ import annotations

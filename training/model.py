@@ -183,8 +183,10 @@ class VisualCLAModel(PreTrainedModel):
         kwargs.pop("use_cache", None)
         embeds = self.embed(input_ids, pixel_values, image_features, connector_features)
         if labels is None or not self.training:
+            if num_items_in_batch is not None:
+                kwargs["num_items_in_batch"] = num_items_in_batch
             return self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                                   use_cache=False, num_items_in_batch=num_items_in_batch, **kwargs)
+                                   use_cache=False, **kwargs)
         hidden = self.text_model.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
                                        **kwargs).last_hidden_state
         loss = causal_lm_loss(self.text_model.get_output_embeddings(), hidden, labels, num_items_in_batch)
