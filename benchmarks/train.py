@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from training.config import ModelConfig, StageConfig  # noqa: E402
+from training.flops import training_flops  # noqa: E402
 from training.run import train_stage  # noqa: E402
 from training.synthetic import write_shards  # noqa: E402
 
@@ -172,12 +173,71 @@ def median_by(results: list[dict], key) -> dict:
     return sorted(results, key=key)[len(results) // 2]
 
 
+# ---- GPU: a ~1.2B config in bf16, tokens/s and MFU (`--gpu`) -----------------------------------
+
+GPU_MODEL = {  # CLIP ViT-B/16 at 224 (86M, frozen) + mlp2x_gelu + LLaMA 22x2048 (TinyLlama's shape, 1.1B)
+    "architecture": "llava", "dtype": "bfloat16",
+    "vision": {"kind": "clip", "image_size": 224, "feature_layer": -2, "keep_cls": False, "post_layernorm": False,
+               "init": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                        "num_attention_heads": 12, "image_size": 224, "patch_size": 16}},
+    "connector": {"kind": "mlp2x_gelu"},
+    "llm": {"init": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+                     "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
+                     "vocab_size": 32000}},
+}
+SMOKE_MODEL = {**GPU_MODEL, "dtype": "auto",  # the same code path at CPU size (`--gpu --smoke`)
+               "vision": {**GPU_MODEL["vision"], "image_size": 32,
+                          "init": {**MODEL["vision"]["init"], "image_size": 32, "num_hidden_layers": 2}},
+               "llm": MODEL["llm"]}
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts)."""
+
+
+def gpu_benchmark(smoke: bool, steps: int) -> dict:
+    """Our trainer on the ~1.2B config: steady-state step time from two runs (n1 and n2 steps; the
+    difference drops start-up and the first slow steps), tokens/s and MFU against the device's peak."""
+    cfg = ModelConfig(**(SMOKE_MODEL if smoke else GPU_MODEL))
+    batch, n1, n2 = (4, 2, 12) if smoke else (16, 10, 10 + steps)
+    over = {"batch_size": batch, "precision": "bf16", "dataloader_workers": 0 if smoke else 8,
+            "trainable": {"vision": "frozen", "connector": "full", "projection": "full", "llm": "full"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = write_shards(tmp / "render", num_images=64 if smoke else 2048, row_group_rows=64)
+        a, b = (train_stage(cfg, f"gpu{n}", stage(**over, max_steps=n), shards, tmp / f"r{n}" / "train" / "s")
+                for n in (n1, n2))
+    diff = {k: b[k] - a[k] for k in ("train_runtime", "steps", "samples", "tokens", "trained_tokens", "images")}
+    seconds = diff["train_runtime"]
+    if seconds <= 0:
+        raise RuntimeError(f"the {n2}-step run took no longer than the {n1}-step run: too few steps to measure")
+    achieved = training_flops(cfg, diff) / seconds / 1e12
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    config = ("smoke (CPU-size dims, same path)" if smoke else
+              f"CLIP ViT-B/16 224 px (frozen) + mlp2x_gelu + LLaMA 22x2048 (1.1B, full), bf16, batch {batch}")
+    return {"device": name, "config": config, "parameters": b["parameters"], "steady_steps": diff["steps"],
+            "step_seconds": seconds / diff["steps"], "tokens_per_second": diff["tokens"] / seconds,
+            "samples_per_second": diff["samples"] / seconds, "model_tflops_per_second": achieved,
+            "peak_bf16_tflops": peak, "mfu": achieved / peak if peak else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per measured run")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration (median kept)")
+    ap.add_argument("--gpu", action="store_true", help="the ~1.2B bf16 config on the GPU: tokens/s and MFU, "
+                    "written into results/train.json next to the CPU numbers")
+    ap.add_argument("--smoke", action="store_true", help="with --gpu: the same path at CPU size, nothing written")
     args = ap.parse_args()
+    if args.gpu:
+        result = gpu_benchmark(args.smoke, steps=40)
+        print(json.dumps(result, indent=2))
+        if not args.smoke:
+            out = REPO / "benchmarks" / "results" / "train.json"
+            data = json.loads(out.read_text()) if out.is_file() else {}
+            data.update({"device": result["device"], "mfu": result["mfu"], "gpu": result})
+            out.write_text(json.dumps(data, indent=2))
+        return
     globals()["STEPS"] = args.steps
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -135,3 +135,32 @@ def test_feature_cache_trains_the_same_losses_as_live_encoding(tmp_path, connect
     features = load_file(str(sorted(folders[0].glob("*.safetensors"))[0]))["features"]
     level = cache_level(TrainableConfig(**trainable))
     assert features.shape == ((8, 4, 32) if level == "connector" else (8, 16, 32))  # queries / patches
+
+
+def test_training_flops_match_what_torch_counts_in_a_step():
+    """The MFU numerator of `benchmarks/train.py --gpu` against torch's FLOP counter on a real
+    forward + backward of the stage it describes (LLM and projector full, vision frozen)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.build import build_model
+    from training.flops import training_flops
+    from training.tokenizer import build_tokenizer
+
+    cfg = ModelConfig(architecture="llava", connector={"kind": "mlp2x_gelu"}, llm={"init": LLM},
+                      vision={"kind": "clip", "image_size": 32, "feature_layer": -2, "keep_cls": False,
+                              "post_layernorm": False, "init": VISION})
+    tok = build_tokenizer(["一个红色的圆形。"] * 8, vocab_size=300)
+    model = setup_stage(build_model(cfg, tok), TrainableConfig(vision="frozen", connector="full", llm="full"),
+                        StageConfig(data="sft").lora).train()
+    model.set_attn_implementation("eager")  # torch counts attention as matmuls, not as CPU SDPA
+    n, rows, length = model.config.num_image_tokens, 3, 40
+    ids = torch.randint(5, 250, (rows, length))
+    ids[:, 1], ids[:, 2:2 + n], ids[:, 2 + n] = (model.config.image_start_token_id, model.config.image_token_id,
+                                                 model.config.image_end_token_id)
+    labels = ids.clone()
+    labels[:, :length - 9] = -100  # 8 trained next-token targets per row
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=labels, pixel_values=torch.randn(rows, 3, 32, 32)).loss.backward()
+    counts = {"steps": 1, "samples": rows, "tokens": rows * length, "trained_tokens": int((labels != -100).sum()),
+              "images": rows}
+    assert training_flops(cfg, counts) == pytest.approx(counter.get_total_flops(), rel=0.01)

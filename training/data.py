@@ -16,7 +16,8 @@ Blocks, each with one job:
   (length grouping) sorted by length and cut into batches whose order is shuffled again; every
   consumer yields exactly its quota of batches (passes repeat its units), so ranks stay in step.
 * `Collator`: right padding, `pixel_values` for the rows that have an image (or their cached
-  `image_features` / `connector_features`), and the padding count the trainer logs as `padding_fraction`.
+  `image_features` / `connector_features`), and `padding_stats` (padding, all, trained tokens,
+  images) from which the trainer logs `padding_fraction` and counts tokens.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import io
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +283,6 @@ class Collator:
     pad_token_id: int
     image_processor: Any = None
     pad_to_multiple_of: int = 1
-    stats: dict = field(default_factory=lambda: {"tokens": 0, "padding": 0})
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(e["input_ids"]) for e in examples)
@@ -293,8 +293,9 @@ class Collator:
         labels = torch.tensor([e["labels"] + [IGNORE] * k for e, k in zip(examples, pads)])
         attention_mask = torch.tensor([[1] * (longest - k) + [0] * k for k in pads])
         real = n * longest - sum(pads)
+        images = sum(1 for e in examples if "image" in e or "image_features" in e or "connector_features" in e)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "padding_stats": torch.tensor([n * longest - real, n * longest])}
+                 "padding_stats": torch.tensor([n * longest - real, n * longest, int((labels != IGNORE).sum()), images])}
         for key in ("image_features", "connector_features"):
             if any(key in e for e in examples):
                 batch[key] = torch.stack([e[key] for e in examples if key in e])

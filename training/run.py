@@ -190,8 +190,8 @@ class VisualCLATrainer(Trainer):
     def __init__(self, *args, stream: ShardStream, stage_cfg: StageConfig, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.stream, self.stage_cfg = stream, stage_cfg
-        self.padding = torch.zeros(2, dtype=torch.long)  # (padding tokens, all tokens) since last log
-        self.totals = torch.zeros(2, dtype=torch.long)
+        self.padding = torch.zeros(4, dtype=torch.long)  # (padding, all, trained tokens, images) since last log
+        self.totals = torch.zeros(4, dtype=torch.long)
         self.samples = 0
 
     def get_train_dataloader(self) -> DataLoader:
@@ -438,7 +438,8 @@ def train_stage(
         "stage": stage_name, "steps": trainer.state.global_step, "rows": rows, "batches_per_rank": batches,
         "train_loss": result.training_loss, "final_loss": losses[-1][1] if losses else result.training_loss,
         "losses": losses, "padding_fraction": float(trainer.totals[0]) / max(1, int(trainer.totals[1])),
-        "samples": trainer.samples, "tokens": tokens, "wall_s": round(wall, 2),
+        "samples": trainer.samples, "tokens": tokens, "trained_tokens": int(trainer.totals[2]),
+        "images": int(trainer.totals[3]), "wall_s": round(wall, 2),
         "train_runtime": result.metrics.get("train_runtime"),
         "samples_per_second": trainer.samples / wall, "tokens_per_second": tokens / wall,
         "parameters": total, "trainable_parameters": trainable, "world_size": world,
