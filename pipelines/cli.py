@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a stage failed, 2 bad command line or recipe.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -128,10 +129,21 @@ def _stage_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from pipelines.flows import STAGE_FLOWS, with_runner
 
+        if name == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return _train_under_launcher(args)
         spec = _spec(args)
         with_runner(STAGE_FLOWS[name], spec)(**spec, options=_options(args))
         return 0
     return run
+
+
+def _train_under_launcher(args: argparse.Namespace) -> int:
+    """Under `torchrun` / `accelerate launch` every rank runs the train stage itself, without the
+    Prefect flow: N flows would each start a server and race to set the run folder aside. The
+    launcher orchestrates; `training/` is rank-aware (rank 0 writes, all ranks train). A later
+    single-process `vcla train` or `build-and-train` finds the stages trained and marks them done."""
+    stages.STAGES["train"].run(_load(args), args)
+    return 0
 
 
 def _direct_command(fn_name: str) -> Callable[[argparse.Namespace], int]:

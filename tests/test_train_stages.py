@@ -262,3 +262,31 @@ def test_two_steps_under_torchrun_on_cpu_keep_the_replicas_in_sync(shards, tmp_p
     lora_b = [w0[k] for k in w0 if "lora_B" in k]
     assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # LoRA B starts at zero: training moved it
     assert (tmp_path / "train" / "stage1" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_vcla_train_under_torchrun_trains_both_stages_without_prefect(tmp_path):
+    """`torchrun -m pipelines.cli train`: every rank runs the train stage itself (no Prefect flow
+    per rank); stage 1 builds its feature cache split over the ranks, stage 2 starts from it."""
+    import socket
+
+    run = tmp_path / "run"
+    write_shards(run / "render", num_images=32, row_group_rows=8)
+    overrides = ["model.vision.path=null", "model.vision.image_size=32", f"model.vision.init={json.dumps(VISION)}",
+                 f"model.llm.init={json.dumps(LLM)}"]
+    for s in ("stage1", "stage2"):
+        overrides += [f"stages.{s}.max_steps=2", f"stages.{s}.batch_size=4"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "pipelines.cli", "train", "--run-dir", str(run)] + [a for o in overrides for a in ("--set", o)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for s in ("stage1", "stage2"):
+        metrics = json.loads((run / "train" / s / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["steps"] == 2
+    assert json.loads((run / "train" / "stage2" / "stage.json").read_text())["init_from"] == "../stage1"
+    assert len(list((run / "train" / "stage1" / "feature_cache").glob("*/*.safetensors"))) == 4  # both ranks' units
+    assert proc.stdout.count("[train] stage2: trained") == 2  # one line per rank
