@@ -1,6 +1,6 @@
 """The translate stage under load: 20,000 unique segments, 200 requests in flight, 10% of requests
 failing (429 with Retry-After, 500, dropped connections, truncated JSON, replies one item short),
-against the loopback chat server, through the real stage (`run_translate`: memory, batching,
+against the loopback chat server (0.6 s a reply), through the real stage (`run_translate`: memory, batching,
 retries, QA, rejections) and the official `openai` client over HTTP.
 
 Asserted: no segment is lost (every record is in the output, translated, or in rejected/ with a
@@ -116,7 +116,9 @@ def test_20000_segments_200_in_flight_10_percent_faults_none_lost_memory_bounded
     write_records(tmp_path / "warm" / "download", "load", caption_records(warm, 10**6))
     write_records(in_dir, "load", caption_records(texts, 0))
 
-    with ChatServer(api_key=KEY, latency_s=0.3, seed=1) as server:
+    # 0.6 s a reply: long enough that the client fills all 200 slots even on 2 busy cores (at 0.3 s
+    # a CI-like run under load saw a peak of 175)
+    with ChatServer(api_key=KEY, latency_s=0.6, seed=1) as server:
         for kind in FAULTS:
             server.add_fault(kind, times=None, retry_after="0", probability=FAULT_RATE / len(FAULTS))
         warm_dir = tmp_path / "warm"
