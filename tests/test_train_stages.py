@@ -160,6 +160,90 @@ def test_resume_gives_the_same_loss_curve(shards, tmp_path):
     assert [round(curve[s], 5) for s in (1, 2, 3, 4)] == [round(l, 5) for _, l in full["losses"]]
 
 
+def test_gradient_checkpointing_trains_the_same_losses(shards, tmp_path, monkeypatch):
+    """Activations recomputed in the backward (LoRA dropout included: its RNG state is replayed)."""
+    import transformers.modeling_utils as hf  # counted where transformers takes torch's checkpoint from
+
+    cfg = model_cfg()
+    plain = train_stage(cfg, "stage1", stage(max_steps=3), shards, tmp_path / "a" / "train" / "stage1")
+    calls, checkpoint = [], hf.checkpoint
+    monkeypatch.setattr(hf, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    ckpt = train_stage(cfg, "stage1", stage(max_steps=3, gradient_checkpointing=True), shards,
+                       tmp_path / "b" / "train" / "stage1")
+    assert len(calls) == 3 * 4  # every step, each of the 2 LLM and 2 vision layers (LoRA trains both)
+    torch.testing.assert_close(torch.tensor([l for _, l in ckpt["losses"]]),
+                               torch.tensor([l for _, l in plain["losses"]]), rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_accumulation_steps_over_several_batches(shards, tmp_path):
+    m = train_stage(model_cfg(), "stage1", stage(max_steps=2, grad_accum=3, batch_size=2), shards,
+                    tmp_path / "train" / "stage1")
+    assert (m["steps"], m["batches_per_rank"], m["samples"]) == (2, 6, 12)  # 3 micro-batches an optimizer step
+
+
+def test_accumulated_gradients_equal_one_batch_of_both():
+    """What the Trainer does with `num_items_in_batch`: micro-batches each divide their summed loss
+    by the trained tokens of the whole accumulation window, so their gradients add up to the
+    gradient of one batch holding both (padding changes nothing: right padding, causal attention)."""
+    model = load_merged_tiny()
+    torch.manual_seed(1)
+    a, b = torch.randint(5, 300, (2, 12)), torch.randint(5, 300, (3, 7))
+    la, lb = a.clone(), b.clone()
+    la[:, :4], lb[:, :2] = -100, -100
+    total = int((la[:, 1:] != -100).sum() + (lb[:, 1:] != -100).sum())
+
+    def grads(**batch):
+        model.zero_grad()
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ga = grads(input_ids=a, labels=la, num_items_in_batch=torch.tensor(total))
+    gb = grads(input_ids=b, labels=lb, num_items_in_batch=torch.tensor(total))
+    ids = torch.cat([a, torch.nn.functional.pad(b, (0, 5), value=0)])
+    labels = torch.cat([la, torch.nn.functional.pad(lb, (0, 5), value=-100)])
+    mask = torch.cat([torch.ones_like(a), torch.nn.functional.pad(torch.ones_like(b), (0, 5))])
+    both = grads(input_ids=ids, labels=labels, attention_mask=mask)
+    for name, g in both.items():
+        torch.testing.assert_close(ga[name] + gb[name], g, rtol=1e-4, atol=1e-6)
+
+
+def load_merged_tiny():
+    from transformers import LlamaConfig
+
+    from training.model import VisualCLAConfig, VisualCLAModel
+
+    config = VisualCLAConfig(vision_config={"model_type": "clip_vision_model", **VISION},
+                             text_config=LlamaConfig(**LLM).to_dict(), visual_resampler_config={"kind": "linear"},
+                             image_token_id=499)
+    torch.manual_seed(0)
+    return VisualCLAModel(config).train()
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "linear"])
+def test_schedule_warmup_learning_rate_groups_and_tensorboard_logs(shards, tmp_path, scheduler):
+    """The logged learning rate follows warm-up then the schedule; each module group starts from its
+    own rate (the checkpoint's optimizer); loss, learning rate and padding fraction reach TensorBoard."""
+    import math
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rates = {"default": 1e-3, "connector": 2e-3, "vision": 5e-4, "llm": 1e-4}
+    out = tmp_path / "train" / "stage1"
+    train_stage(model_cfg(), "stage1", stage(max_steps=6, save_steps=6, warmup_ratio=0.3, scheduler=scheduler,
+                                             lr=rates), shards, out)
+    events = EventAccumulator(str(out / "logs")).Reload()
+    logged = [e.value for e in events.Scalars("train/learning_rate")]
+    warm, total = 2, 6  # ceil(0.3 * 6) warm-up steps
+    decay = (lambda t: 0.5 * (1 + math.cos(math.pi * t))) if scheduler == "cosine" else (lambda t: 1 - t)
+    expected = [s / warm if s < warm else decay((s - warm) / (total - warm)) for s in range(total)]
+    # the Trainer logs the first optimizer group's rate: the connector's
+    assert logged == pytest.approx([rates["connector"] * f for f in expected], rel=1e-4, abs=1e-12)
+    assert len(events.Scalars("train/loss")) == total and events.Scalars("train/padding_fraction")
+    state = torch.load(out / "checkpoints" / "checkpoint-6" / "optimizer.pt", weights_only=True)
+    assert sorted({g["initial_lr"] for g in state["param_groups"]}) == sorted(
+        {rates["connector"], rates["vision"], rates["llm"]})
+
+
 def test_auto_resume_only_from_checkpoints_of_the_same_run(shards, tmp_path):
     """What build-and-train does after a crash: resume if nothing changed, else start afresh."""
     cfg, out = model_cfg(), tmp_path / "train" / "stage1"
