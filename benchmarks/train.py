@@ -198,7 +198,7 @@ def gpu_benchmark(smoke: bool, steps: int) -> dict:
     difference drops start-up and the first slow steps), tokens/s and MFU against the device's peak."""
     cfg = ModelConfig(**(SMOKE_MODEL if smoke else GPU_MODEL))
     batch, n1, n2 = (4, 2, 12) if smoke else (16, 10, 10 + steps)
-    over = {"batch_size": batch, "precision": "bf16", "dataloader_workers": 0 if smoke else 8,
+    over = {"batch_size": batch, "precision": "bf16", "dataloader_workers": 0 if smoke else 8, "max_length": 512,
             "trainable": {"vision": "frozen", "connector": "full", "projection": "full", "llm": "full"}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

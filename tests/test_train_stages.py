@@ -185,7 +185,7 @@ def test_accumulated_gradients_equal_one_batch_of_both():
     """What the Trainer does with `num_items_in_batch`: micro-batches each divide their summed loss
     by the trained tokens of the whole accumulation window, so their gradients add up to the
     gradient of one batch holding both (padding changes nothing: right padding, causal attention)."""
-    model = load_merged_tiny()
+    model = tiny_llava_model()
     torch.manual_seed(1)
     a, b = torch.randint(5, 300, (2, 12)), torch.randint(5, 300, (3, 7))
     la, lb = a.clone(), b.clone()
@@ -207,7 +207,7 @@ def test_accumulated_gradients_equal_one_batch_of_both():
         torch.testing.assert_close(ga[name] + gb[name], g, rtol=1e-4, atol=1e-6)
 
 
-def load_merged_tiny():
+def tiny_llava_model():
     from transformers import LlamaConfig
 
     from training.model import VisualCLAConfig, VisualCLAModel
