@@ -64,20 +64,26 @@ def stage(**over) -> StageConfig:
     return StageConfig(**cfg)
 
 
-def llava_baseline(shards: Path, base: Path) -> dict:
-    """The same model as a LlavaForConditionalGeneration, plain padding, a hand loop."""
+def base_parts(base: Path):
+    """Tokenizer, our model and the collator of a built base folder."""
     from transformers import AutoTokenizer
 
     from training.build import image_processor_from
     from training.checkpoint import load_merged
-    from training.data import Collator, encode_turns, read_unit, shard_units, stage_files
+    from training.data import Collator
+
+    tok, model = AutoTokenizer.from_pretrained(str(base)), load_merged(base)
+    return tok, model, Collator(pad_token_id=tok.pad_token_id, image_processor=image_processor_from(base, model.config))
+
+
+def llava_baseline(shards: Path, base: Path) -> dict:
+    """The same model as a LlavaForConditionalGeneration, plain padding, a hand loop."""
+    from training.data import encode_turns, read_unit, shard_units, stage_files
     from training.export import to_llava
 
-    ours = load_merged(base)
+    tok, ours, collator = base_parts(base)
     model = to_llava(ours).train()
     model.model.vision_tower.requires_grad_(False)
-    tok = AutoTokenizer.from_pretrained(str(base))
-    collator = Collator(pad_token_id=tok.pad_token_id, image_processor=image_processor_from(base, ours.config))
     n = ours.config.num_image_tokens
     rows = [r for u in shard_units(stage_files(shards, "sft")) for r in read_unit(u)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -109,17 +115,12 @@ def step_breakdown(model_cfg: ModelConfig, stage_over: dict, shards: Path, base:
     """Milliseconds per stage-1 step spent in data, forward and backward, live and from the cache
     (a hand loop over the stage's own batches). `bound` = the live step over the cached forward +
     backward: the most a cache can gain when the rest of the cached step costs nothing."""
-    from transformers import AutoTokenizer
-
-    from training.build import image_processor_from
-    from training.checkpoint import load_stage
-    from training.data import Collator, ShardStream, StreamConfig, shard_units, stage_files
+    from training.data import ShardStream, StreamConfig, shard_units, stage_files
     from training.features import LEVELS, build_feature_cache, cache_level
     from training.lora import setup_stage
 
     st = stage(**stage_over)
-    tok, model = AutoTokenizer.from_pretrained(str(base)), load_stage(base, None)
-    collator = Collator(pad_token_id=tok.pad_token_id, image_processor=image_processor_from(base, model.config))
+    tok, model, collator = base_parts(base)
     units, level = shard_units(stage_files(shards, "pretrain")), cache_level(st.trainable)
     cache = build_feature_cache(model, units, collator, base.parent / f"breakdown-cache-{level}", level=level)
     model = setup_stage(model, st.trainable, st.lora).train()

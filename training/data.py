@@ -61,6 +61,10 @@ def segments(turns: list[dict], *, image: bool, num_image_tokens: int) -> list[t
     return out
 
 
+def row_has_image(row: dict) -> bool:
+    return row["image"] is not None and row["image"].get("bytes") is not None
+
+
 def encode_texts(tokenizer, texts: list[str]) -> dict[str, list[int]]:
     """Token ids of many texts in one batched call (a fast tokenizer encodes a batch in parallel,
     without the per-call overhead that dominates short segments)."""
@@ -221,7 +225,7 @@ class ShardStream(IterableDataset):
             features = self._cached_features(unit) if cfg.feature_cache else None
             known = encode_texts(self.tokenizer, [text for row in rows for text in self._texts(row)])
             for i, row in enumerate(rows):
-                has_image = row["image"] is not None and row["image"].get("bytes") is not None
+                has_image = row_has_image(row)
                 enc = encode_turns(self.tokenizer, row["turns"], image=has_image, known=known,
                                    num_image_tokens=cfg.num_image_tokens, max_length=cfg.max_length)
                 if enc is None:
@@ -238,7 +242,7 @@ class ShardStream(IterableDataset):
     def _texts(self, row: dict) -> list[str]:
         """The row's segments for the unit's batched tokenisation; none for a malformed row, which
         `encode_turns` then reports as it would alone."""
-        image = row["image"] is not None and row["image"].get("bytes") is not None
+        image = row_has_image(row)
         try:
             pairs = segments(row["turns"], image=image, num_image_tokens=self.cfg.num_image_tokens)
         except ValueError:

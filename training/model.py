@@ -24,8 +24,8 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from training.connectors import build_connector, num_image_tokens
+from training.data import IGNORE
 
-IGNORE_INDEX = -100
 VISION_CLASSES = {"clip_vision_model": CLIPVisionModel, "blip_2_vision_model": Blip2VisionModel}
 
 
@@ -213,7 +213,7 @@ def causal_lm_loss(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tenso
     vocab float tensor. `num_items_in_batch` (the Trainer's, under gradient accumulation) divides
     the summed loss instead of the number of trained tokens, as transformers' loss does."""
     targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
+    keep = targets != IGNORE
     logits = lm_head(hidden[:, :-1][keep]).float()
     loss = nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
     if num_items_in_batch is None:
