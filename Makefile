@@ -9,8 +9,14 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: demo test bootstrap clean-venv
 
+# After the run: export its last stage as a llava-hf model and check that transformers' own
+# AutoProcessor + LlavaForConditionalGeneration give our chat's prompt and greedy answer (exit 1 if
+# not). Image 003000 is held out (never trained on) at the demo's 3,000 images: a red diamond.
 demo: $(STAMP)
 	$(BIN)/vcla build-and-train
+	$(BIN)/vcla export --format llava-hf
+	$(BIN)/python -m training.export check runs/demo/train/stage2 runs/demo/export/stage2-llava-hf \
+		--image runs/demo/demo-data/images/003000.jpg --text "菱形是什么颜色？"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup

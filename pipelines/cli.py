@@ -1,20 +1,37 @@
 """`vcla`: the command line. One subcommand per stage, plus the one-shot `build-and-train`.
 
-Exit codes: 0 success, 1 a stage failed, 2 bad command line or recipe.
+Exit codes: 0 success, 1 a stage failed, 2 bad command line or recipe. A user error (bad recipe or
+argument, a failed stage) ends the output with one line saying what, where and what to do, and no
+traceback; Prefect's run logs carry the message once more (the failed task's state line, or the
+flow's exception line: `_UserErrorLines`). `--debug` shows the tracebacks and every Prefect line.
+Any other exception is a bug and keeps its traceback and all of Prefect's lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipelines import stages
+from pipelines import server, stages
+from pipelines.preflight import preflight
 from pipelines.recipe import DEFAULT_RECIPE, Recipe, RecipeError, load_recipe
+from translators.protocol import TranslatorError
+
+USAGE_ERRORS = (RecipeError, stages.UsageError)
+"""Bad recipe or command line: exit 2."""
+STEP_ERRORS = (stages.StageFailed, TranslatorError, server.ServerStartError)
+"""A step could not finish (its message says where and why): exit 1."""
+FLOW_RUNS, TASK_RUNS = "prefect.flow_runs", "prefect.task_runs"
+PREFECT_RUN_LOGGERS = (FLOW_RUNS, TASK_RUNS)
+DEBUG_HELP = "show the traceback of an error too (by default a user error is one line)"
 
 EXAMPLES = """\
 examples:
@@ -33,6 +50,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                    help="work folder of the run (default: runs/<recipe name>/)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set stages.stage1.epochs=2 (repeatable; YAML values)")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
 
 def _add(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
@@ -46,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vcla", description="Build Chinese multimodal instruction data and train VisualCLA-style models.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     p = _add(sub, "demo-data", "Generate the synthetic shapes corpus (deterministic from a seed).",
@@ -77,14 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
     p.add_argument("--image", type=Path, help="image file")
     p.add_argument("--text", help="one message; without it, an interactive session")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (plain argmax, as a llava-hf export's "
+                   "generate(do_sample=False)): the same answer every time")
+    p.add_argument("--seed", type=int, default=None, help="seed the sampling, so a rerun gives the same answers")
     p = _add(sub, "eval", "Score short answers on a VQA-style split (exact match after normalisation).",
              "Writes the accuracy into runs/<name>/summary.json.")
     p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
-    p = _add(sub, "export", "Export a checkpoint: LoRA merged (VisualCLA layout) or as a llava-hf model.",
-             "llava-hf works for linear and mlp2x_gelu connectors.")
+    p = _add(sub, "export", "Export a checkpoint: LoRA merged (VisualCLA-style merged layout) or as a llava-hf model.",
+             "merged: README, Training, \"Export merged\" (what differs from VisualCLA's own release).\n"
+             "llava-hf works for linear and mlp2x_gelu connectors (README, Training, \"Export llava-hf\").")
     p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
     p.add_argument("--format", choices=["merged", "llava-hf"], default="merged")
-    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/export/<stage>-<format>)")
     _add(sub, "serve", "Serve the recipe's schedules as Prefect deployments (runs until stopped).",
          "Each entry of the recipe's `schedules:` becomes a deployment with its cron or interval.")
     return parser
@@ -121,7 +144,7 @@ def _spec(args: argparse.Namespace) -> dict:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    skip = {"recipe", "overrides", "run_dir", "dir"}
+    skip = {"recipe", "overrides", "run_dir", "dir", "debug"}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
 
 
@@ -132,6 +155,7 @@ def _stage_command(name: str) -> Callable[[argparse.Namespace], int]:
         if name == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             return _train_under_launcher(args)
         spec = _spec(args)
+        server.ensure_api()  # the configured Prefect API, or a temporary server that dies with vcla
         with_runner(STAGE_FLOWS[name], spec)(**spec, options=_options(args))
         return 0
     return run
@@ -157,6 +181,7 @@ def _build_and_train(args: argparse.Namespace) -> int:
     from pipelines.flows import build_and_train, with_runner
 
     spec = _spec(args)
+    server.ensure_api()
     with_runner(build_and_train, spec)(**spec)
     return 0
 
@@ -169,20 +194,91 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    server.quiet_telemetry()  # before Prefect is imported
     args = build_parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "demo-data": _demo_data, "build-and-train": _build_and_train, "serve": _serve,
         "chat": _direct_command("chat_command"), "export": _direct_command("export_command"),
     }
     handler = handlers.get(args.command) or _stage_command(args.command)
+    hide_user_errors(not args.debug)
     try:
+        preflight(args.command, _load(args), args)  # files, keys, images: before any server or model
         return handler(args)
-    except RecipeError as e:
-        print(f"vcla {args.command}: recipe error:\n{e}", file=sys.stderr)
-        return 2
-    except stages.StageFailed as e:
-        print(f"vcla {args.command}: {e}", file=sys.stderr)
-        return 1
+    except USAGE_ERRORS as e:
+        return _report(args, e, 2)
+    except STEP_ERRORS as e:
+        return _report(args, e, 1)
+
+
+class _UserErrorLines(logging.Filter):
+    """Prefect logs a failed run three times, each with the error's message: the task's final state,
+    the flow's exception (with its traceback) and the flow's final state. For a user error `vcla`
+    prints the message last, so Prefect's lines keep it once: the first line that carries it stays
+    (a traceback dropped), the flow's exception record is dropped when a task's state line had it
+    already, and the flow's final state line names the error's type only. Records of any other
+    exception are a bug's and pass untouched: every state line, every traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task_lines: deque[str] = deque(maxlen=16)
+        """Recent ERROR lines of task runs: a failed task's state line, with its error's message."""
+        self._flow_errors: deque[tuple[str, str]] = deque(maxlen=16)
+        """(message as a state line shows it, type name) of user errors whose flow state line is to come."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        user_error = isinstance(error, USAGE_ERRORS + STEP_ERRORS)
+        if user_error:
+            record.exc_info, record.exc_text = None, None
+        if record.name == TASK_RUNS:
+            if record.levelno >= logging.ERROR:
+                self._task_lines.append(record.getMessage())
+            return True
+        if user_error:  # the flow's "Encountered exception during execution"
+            shown = _as_in_state(error)
+            self._flow_errors.append((shown, type(error).__name__))
+            return not any(shown in line for line in self._task_lines)
+        message = record.getMessage()
+        for shown, name in self._flow_errors:
+            if shown in message:  # the flow's "Finished in state Failed('... StageFailed: <message>')"
+                self._flow_errors.remove((shown, name))
+                record.msg, record.args = message.replace(shown, f"{name} (message above)"), ()
+                break
+        return True
+
+
+def _as_in_state(error: BaseException) -> str:
+    """How a Prefect state line shows `error`: its state message is "<text> <Type>: <message>", written
+    with repr() (`Failed('...')`); "<text>" has no quotes, so the escaping depends on this part only."""
+    return repr(f"{type(error).__name__}: {error}")[1:-1]
+
+
+_USER_ERROR_LINES: _UserErrorLines | None = None
+
+
+def hide_user_errors(hide: bool) -> None:
+    """Install a fresh `_UserErrorLines` on Prefect's flow-run and task-run loggers (hide=False, for
+    --debug: none)."""
+    global _USER_ERROR_LINES
+    old, _USER_ERROR_LINES = _USER_ERROR_LINES, (_UserErrorLines() if hide else None)
+    for name in PREFECT_RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if old is not None:
+            logger.removeFilter(old)
+        if _USER_ERROR_LINES is not None:
+            logger.addFilter(_USER_ERROR_LINES)
+
+
+def _report(args: argparse.Namespace, error: Exception, code: int) -> int:
+    """The end of a failed command: one line (what was wrong, where, what to do); the traceback first
+    with --debug."""
+    if args.debug:
+        traceback.print_exception(error)
+    message = str(error)
+    label = ("recipe error:" + ("\n" if "\n" in message else " ")) if isinstance(error, RecipeError) else ""
+    print(f"vcla {args.command}: {label}{message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -18,7 +18,14 @@ join the images back to the records.
 Rerun after a crash: img2dataset's incremental mode skips shards it finished (the URL list
 is sorted, so shards are stable; if the list changed, the images are fetched anew), and
 steps 1 and 3 are recomputed from scratch, so the join is idempotent. A complete stage
-(`_SUCCESS`) is not run again.
+(`_SUCCESS`) is not run again, unless it left images that failed for a cause a later run may
+not meet (`TRANSIENT`: a timeout, a refused or dropped connection, HTTP 408/425/429/5xx): its
+`_SUCCESS` counts their records (`retry_pending`), the flows run it again (pipelines/flows.py),
+and that run marks unfinished only the shards holding such a failure, so img2dataset fetches
+only those shards again, then re-joins. A 404, a file that is not an image, a bomb stay rejected.
+A host that stays down keeps the stage pending for `MAX_RERUNS` reruns, not for ever (`reruns`
+in `_SUCCESS`). `_SUCCESS` also holds `output_digest`, a hash of the records files: a rerun that
+healed nothing leaves it unchanged, so the stages downstream are not redone.
 
 Memory: one entry per distinct URL (the URL set and the results map); records stream.
 """
@@ -53,6 +60,13 @@ IMAGES = "images"
 URL_LIST = "url_list.parquet"
 SPOOL = ".read"
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names are 00000, 00001, ...
+TRANSIENT = {"image_timeout", "image_connection_error"}
+"""Failures a later run may not meet (with the HTTP statuses of `TRANSIENT_HTTP`): their records make
+the stage pending (`retry_pending`), and a rerun fetches their shards again."""
+TRANSIENT_HTTP = {408, 425, 429} | (set(range(500, 600)) - {501, 505})
+"""Request timeout, too early, too many requests, server errors (not "not implemented", "HTTP version")."""
+MAX_RERUNS = 3
+"""A host that stays down (or keeps answering 503) keeps the stage pending for this many reruns only."""
 
 
 @dataclass(slots=True)
@@ -81,14 +95,19 @@ def run_download(recipe: Recipe, out_dir: Path) -> StageStats:
 
 
 def _download(recipe: Recipe, out_dir: Path) -> StageStats:
-    if is_done(out_dir):
+    previous = read_json(out_dir / "_SUCCESS") if is_done(out_dir) else None
+    if previous is not None and not previous.get("retry_pending", 0):
         stats = StageStats.from_dict(read_json(out_dir / "stats.json"))
         print(f"[{STAGE}] {out_dir} is complete (_SUCCESS); nothing to do")
         print(stage_table(stats))
         return stats
+    reruns = previous.get("reruns", 0) + 1 if previous is not None else 0
     check_source_files(recipe)
-    check_distributor(recipe.download.distributor)
+    check_distributor(recipe)
     clean_stale_temp_files(out_dir)
+    if previous is not None:
+        reopen_transient_shards(out_dir / IMAGES, previous["retry_pending"], reruns)
+        (out_dir / "_SUCCESS").unlink()
     clock = Clock()
     stats = StageStats(stage=STAGE)
     with RejectWriter(out_dir / "rejected", STAGE, stats) as rejects:
@@ -108,7 +127,13 @@ def _download(recipe: Recipe, out_dir: Path) -> StageStats:
     stats.extra["seconds"] = round(clock.total(), 2)
     write_json(out_dir / "stats.json", stats.to_dict())
     shutil.rmtree(out_dir / SPOOL, ignore_errors=True)
-    mark_done(out_dir, {"images": len(urls), "records": stats.kept})
+    transient = sum(n for reason, n in stats.rejected.items() if is_transient(reason))
+    pending = transient if reruns < MAX_RERUNS else 0
+    if transient and not pending:
+        print(f"[{STAGE}] {transient} records still lack an image that failed for a transient cause after "
+              f"{reruns} reruns; they stay rejected (rejected/{STAGE}.jsonl) and the stage is complete")
+    mark_done(out_dir, {"images": len(urls), "records": stats.kept, "retry_pending": pending, "reruns": reruns,
+                        "output_digest": records_digest(out_dir, [s.name for s in recipe.sources])})
     print(stage_table(stats))
     return stats
 
@@ -145,17 +170,19 @@ def check_source_files(recipe: Recipe) -> None:
                 )
 
 
-def check_distributor(distributor: str) -> None:
-    """img2dataset silently does nothing when ray is missing: say so before starting."""
+def check_distributor(recipe: Recipe) -> None:
+    """img2dataset silently does nothing when ray is missing: RecipeError naming the key and the
+    package to install, before starting (also `vcla`'s pre-flight)."""
+    distributor = recipe.download.distributor
     module = {"pyspark": "pyspark", "ray": "ray"}.get(distributor)
     if module is None:
         return
     try:
         __import__(module)
     except ImportError:
-        raise RuntimeError(
-            f"download.distributor={distributor!r} needs the {module!r} package: "
-            f"pip install {module}, or use distributor: multiprocessing"
+        raise RecipeError(
+            f"{recipe.file}: download.distributor: {distributor!r} needs the {module!r} package, which is not "
+            f"installed: pip install {module} (or --set download.distributor=multiprocessing)"
         ) from None
 
 
@@ -277,6 +304,48 @@ def drop_broken_shard_markers(images: Path) -> None:
         except ValueError:
             print(f"[{STAGE}] {marker} was cut off by a crash; fetching that shard again")
             marker.unlink()
+
+
+def reopen_transient_shards(images: Path, pending: int, reruns: int) -> list[str]:
+    """Mark unfinished (`<shard>_stats.json` removed) the finished shards holding an image that failed
+    for a transient cause, so img2dataset fetches those shards again, and only those. Returns their names."""
+    import pyarrow.parquet as pq
+
+    names = []
+    for marker in sorted(images.glob("*_stats.json")):
+        name = marker.name.removesuffix("_stats.json")
+        shard = images / f"{name}.parquet"
+        if not shard.is_file():
+            continue
+        rows = pq.read_table(shard, columns=["status", "error_message"]).to_pylist()
+        if any(r["status"] != "success" and is_transient(failure(Fetched(r["status"], r["error_message"]))[0])
+               for r in rows):
+            marker.unlink()
+            names.append(name)
+    print(f"[{STAGE}] the last run left {pending} records whose image failed for a transient cause; "
+          f"rerun {reruns} of at most {MAX_RERUNS}: fetching shard(s) {', '.join(names) or '-'} again")
+    return names
+
+
+def is_transient(reason: str) -> bool:
+    """Whether an image failure (`classify`) may not happen again: a timeout, a connection, HTTP 429/5xx."""
+    if reason in TRANSIENT:
+        return True
+    code = reason.removeprefix("image_http_")
+    return code != reason and code.isdigit() and int(code) in TRANSIENT_HTTP
+
+
+def records_digest(out_dir: Path, sources: list[str]) -> str:
+    """sha256 over the records files: what the stages downstream read (for `output_digest`)."""
+    h = hashlib.sha256()
+    for name in sources:
+        path = out_dir / "records" / f"{name}.jsonl"
+        h.update(name.encode("utf-8") + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def check_all_fetched(images: Path, urls: list[str], results: dict[str, Fetched], per_shard: int) -> None:
@@ -449,7 +518,8 @@ def classify(message: str) -> str:
         return "image_disallowed"
     if "image decoding error" in lower or "cv_io_max_image_pixels" in lower:
         return "image_too_large" if "cv_io_max_image_pixels" in lower else "image_decode_failed"
-    if "urlopen error" in lower or "connection" in lower or "remote end closed" in lower:
+    if ("urlopen error" in lower or "connection" in lower or "remote end closed" in lower
+            or "incompleteread" in lower):  # the connection dropped mid-body
         return "image_connection_error"
     return "image_failed"
 

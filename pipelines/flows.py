@@ -1,11 +1,18 @@
 """Prefect flows: one per stage, and `build_and_train` chaining them.
 
 Every stage runs as a task whose cache key is the stage's *fingerprint*: the recipe values the
-stage depends on, the upstream stage's fingerprint and the source of the stage's own code. A
+stage depends on, the upstream stage's output id and the source of the stage's own code. A
 finished stage writes its fingerprint to `<output>/_FLOW.json`; a rerun with the same
 fingerprint is a Prefect cache hit and does no work. A stage whose output is missing,
 incomplete (a crash) or stale (other inputs or code) runs again, and resumes from what it
 had written (img2dataset shards, the translation memory, training checkpoints).
+
+Retryable work: a stage whose `_SUCCESS` says `retry_pending: N > 0` (records it dropped for a
+cause a later run may not meet: an endpoint's 5xx, a timeout) is not a cache hit while N > 0:
+each flow run runs it again in place (not set aside: it resumes and redoes only what failed).
+Its *output id*, which the stages downstream put in their fingerprints, is its fingerprint plus
+what its `_SUCCESS` says the output is (`output_digest` if it gives one, else the whole marker),
+so a retry that changed the output makes them redo their work, and one that healed nothing does not.
 
 Flow parameters are plain strings (recipe path, overrides, run folder), so the same flows can
 be served as deployments with schedules (`vcla serve`).
@@ -31,6 +38,7 @@ from pipelines.stages import PIPELINE, STAGES, Stage
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "_FLOW.json"
+DONE = "_SUCCESS"
 PARTIAL_OPTIONS = ("stage", "checkpoint")
 
 
@@ -65,16 +73,40 @@ def fingerprint(stage: Stage, recipe: Recipe) -> str:
         "config": _jsonable(stage.config(recipe)),
         "code": code_hash(stage.code),
         "output": str(stage.output(recipe)),
-        "upstream": recorded_fingerprint(upstream, recipe) if upstream else None,
+        "upstream": recorded_output(upstream, recipe) if upstream else None,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return _sha256(parts)
+
+
+def _sha256(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def recorded(stage: Stage, recipe: Recipe) -> dict[str, Any]:
+    """The stage's `_FLOW.json` ({} when it has none: never finished through the flows, or interrupted)."""
+    out = stage.output(recipe)
+    if out is None or not (out / MARKER).is_file():
+        return {}
+    return read_json(out / MARKER)
 
 
 def recorded_fingerprint(stage: Stage, recipe: Recipe) -> str | None:
-    out = stage.output(recipe)
-    if out is None or not (out / MARKER).is_file():
-        return None
-    return read_json(out / MARKER).get("fingerprint")
+    return recorded(stage, recipe).get("fingerprint")
+
+
+def recorded_output(stage: Stage, recipe: Recipe) -> str | None:
+    """The id of the stage's finished output, which downstream fingerprints include (module docstring)."""
+    marker = recorded(stage, recipe)
+    return marker.get("output", marker.get("fingerprint"))
+
+
+def flow_marker(key: str, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """What `_FLOW.json` holds for a finished stage: its fingerprint, its output id, the retryable
+    work its `_SUCCESS` declares, and its summary."""
+    done = read_json(out / DONE) if (out / DONE).is_file() else {}
+    what = done.get("output_digest", done)
+    return {"fingerprint": key, "output": _sha256({"fingerprint": key, "output": what}),
+            "retry_pending": int(done.get("retry_pending") or 0), "summary": summary}
 
 
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -103,26 +135,39 @@ def stage_task(name: str, key: str | None, spec: dict[str, Any], options: dict[s
     summary = {**summary, "wall_s": round(time.monotonic() - started, 2)}
     out = stage.output(recipe)
     if out is not None and key is not None:
-        write_json(out / MARKER, {"fingerprint": key, "summary": summary})
+        write_json(out / MARKER, flow_marker(key, out, summary))
     return summary
 
 
 def run_stage(name: str, spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """Submit a stage task: a cache hit when its output is complete and up to date."""
+    """Submit a stage task: a cache hit when its output is complete, up to date and left no
+    retryable work; run in place when it left some; set aside and redone when it is stale."""
     recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
     stage = STAGES[name]
     out = stage.output(recipe)
     # `train --stage s` or `eval --checkpoint c` does part of a stage: not cached, not marked done
     partial = any(options.get(k) for k in PARTIAL_OPTIONS)
     key = fingerprint(stage, recipe) if out is not None and not partial else None
-    recorded = recorded_fingerprint(stage, recipe)
-    current = recorded == key and key is not None
-    if recorded is not None and not current and not partial:
+    marker = recorded(stage, recipe)
+    current = key is not None and marker.get("fingerprint") == key
+    if marker and not current and not partial:
         _set_aside(name, out)
-    result = stage_task.with_options(refresh_cache=not current)(name, key, spec, options)
-    if current:
+    pending = current and marker.get("retry_pending", 0) > 0
+    if pending:
+        _reopen(name, out, marker["retry_pending"])
+    cached = current and not pending
+    result = stage_task.with_options(refresh_cache=not cached)(name, key, spec, options)
+    if cached:
         print(f"[{name}] up to date (fingerprint {key[:12]}); nothing to do")
     return result
+
+
+def _reopen(name: str, out: Path, pending: int) -> None:
+    """A finished output with retryable work left runs again in place. Its `_FLOW.json` goes first,
+    so a run that fails or is killed on the way leaves it as an interrupted one (resumed next time)."""
+    (out / MARKER).unlink()
+    print(f"[{name}] the last run left work to retry ({out / DONE}: retry_pending {pending}); "
+          "running the stage again in place: finished work is kept, only what failed is redone")
 
 
 def _set_aside(name: str, out: Path) -> None:

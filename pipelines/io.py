@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,16 +90,54 @@ def stage_storage_errors(stage: str, folder: str | Path, *clear: type[Exception]
         raise StageFailed(f"{stage}: {failure}") from err
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it: os.umask() can only read it by setting it, and
+    a thread creating a file meanwhile would get the wrong mode. Linux says it in /proc (>= 4.7)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _umask_by_setting()
+
+
+@cache
+def _umask_by_setting() -> int:
+    """Fallback without /proc: set and restore once (0o077 meanwhile: never wider than intended)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file under the current umask (0644 under 0022)."""
+    return 0o666 & ~current_umask()
+
+
+def share_tree(root: str | Path) -> None:
+    """Give `root` and everything under it the modes open() and mkdir() give under the umask: for a
+    folder made by mkdtemp (0700) or holding safetensors files (0600 whatever the umask since
+    safetensors 0.8, save_pretrained included: safetensors#782). Symlinks are left alone."""
+    root, umask = Path(root), current_umask()
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temp file beside `path`; rename it onto `path` only if the block succeeds.
-    A full disk or a permission error is a StorageError naming `path`."""
+    The file gets the mode open() would give it (mkstemp makes it 0600: unreadable to the group
+    and others whatever the umask). A full disk or a permission error is a StorageError naming `path`."""
     path = Path(path)
     with storage_guard(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
         try:
             with os.fdopen(fd, mode, **kwargs) as f:
+                os.fchmod(f.fileno(), file_mode())
                 yield f
                 f.flush()
                 os.fsync(f.fileno())

@@ -82,6 +82,15 @@ def run_publish(recipe: Recipe, shard_dir: Path, dry_run: bool = False, repo_id:
     return result
 
 
+def check_settings(cfg: PublishConfig, dry_run: bool = False) -> None:
+    """What `run_publish` refuses before it reads a file, checked alone (`vcla`'s pre-flight): the
+    token variable's name, `publish.repo_id` and, unless a dry run, that the token is set. PublishError."""
+    _check_env_name(cfg.token_env)
+    _check_repo_id(cfg.repo_id)
+    if not dry_run:
+        _read_token(cfg.token_env)
+
+
 def select_files(shard_dir: Path) -> list[LocalFile]:
     """The allow-list: manifest shards (sorted), then the card files. Checks the folder is a
     complete render whose shards exist with the sizes the manifest gives."""

@@ -70,11 +70,28 @@ class SourceConfig(_Section):
     url_col: str = "url"
     caption_col: str = "caption"
     id_col: str | None = None
+    columns: list[str] | None = Field(
+        None, description="url_list/zh_pairs CSV/TSV without a header row: its column names in order "
+                          "(CC3M: [caption, url]; CC12M: [url, caption]); the first line is then data"
+    )
     lang: str = "en"
     limit: int | None = Field(None, gt=0)
     task: Literal["caption", "vqa", "conversation", "text"] | None = Field(
         None, description="override the task the reader infers (e.g. caption for a LLaVA pre-training file)"
     )
+
+    @model_validator(mode="after")
+    def _columns_name_the_needed_ones(self):
+        if self.columns is None:
+            return self
+        if self.kind not in ("url_list", "zh_pairs"):
+            raise ValueError(f"columns: only url_list and zh_pairs sources read CSV/TSV files (this is {self.kind})")
+        dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        needed = [c for c in (self.url_col, self.caption_col, self.id_col) if c and c not in self.columns]
+        if dupes or needed:
+            problem = f"repeats {dupes}" if dupes else f"must name url_col/caption_col/id_col {needed}"
+            raise ValueError(f"columns: {problem} (the file's columns in order, e.g. [caption, url] for CC3M)")
+        return self
 
 
 class DownloadConfig(_Section):

@@ -49,6 +49,7 @@ from pipelines.shards import (
     KEY, ORDER, BucketSpill, ShardFile, ShardWriter, bucket_files, finalize, first_of_each_id, read_bucket,
     remove_tree, sort_order, sorted_bucket,
 )
+from pipelines.stages import StageFailed
 from pipelines.stats import StageStats
 from templates.instructions import HintPolicy, InstructionError, caption_of, instruction_pairs, sharegpt_messages
 from templates.registry import get_template
@@ -476,7 +477,8 @@ def _render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper) -> StageSt
     cfg = recipe.render
     files = sorted((in_dir / "records").glob("*.jsonl"))
     if not files:
-        raise FileNotFoundError(f"{in_dir / 'records'}: no *.jsonl records to render (run translate first)")
+        raise StageFailed(f"{STAGE_NAME}: {in_dir / 'records'}: no *.jsonl records to render; "
+                          "run `vcla translate` first")
     work = out_dir / "_work"
     for stale in (work, out_dir / "data"):
         remove_tree(stale)

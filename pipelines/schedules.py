@@ -18,8 +18,7 @@ def deployments(recipe: Recipe, spec: dict[str, Any]) -> list:
     from pipelines.flows import STAGE_FLOWS, build_and_train, with_runner
 
     flows = {**STAGE_FLOWS, "build-and-train": build_and_train}
-    if not recipe.schedules:
-        raise RecipeError(f"{recipe.file}: schedules: empty; add e.g. `- {{flow: download, cron: \"0 2 * * *\"}}`")
+    check_schedules(recipe)
     out = []
     for i, sched in enumerate(recipe.schedules):
         trigger = {"cron": sched.cron} if sched.cron else {"interval": sched.interval_s}
@@ -29,7 +28,17 @@ def deployments(recipe: Recipe, spec: dict[str, Any]) -> list:
     return out
 
 
+def check_schedules(recipe: Recipe) -> None:
+    """RecipeError for a recipe with nothing to serve."""
+    if not recipe.schedules:
+        raise RecipeError(f"{recipe.file}: schedules: empty; add e.g. `- {{flow: download, cron: \"0 2 * * *\"}}`")
+
+
 def serve(recipe: Recipe, spec: dict[str, Any]) -> None:
     from prefect import serve as prefect_serve
 
-    prefect_serve(*deployments(recipe, spec))
+    from pipelines.server import ensure_api
+
+    served = deployments(recipe, spec)  # a recipe without schedules fails here, before any server starts
+    ensure_api()
+    prefect_serve(*served)

@@ -12,19 +12,28 @@ through untouched. A record with any message that has no passing translation is 
 Reruns: the translation memory (SQLite, outside this folder) keeps every translation as it
 arrives, so a rerun re-reads everything but sends only what the memory lacks, and a kill -9
 loses at most the requests in flight. A completed stage is skipped unless it left records
-that a retry could fix (failed QA, failed requests, memory misses): those are retried.
+that a retry could fix (failed QA, failed requests, memory misses): its `_SUCCESS` says how many
+(`retry_pending`), the flows run such a stage again (pipelines/flows.py), and only those are sent.
+`_SUCCESS` also holds `output_digest`, a hash of what the records files say (ids and messages,
+not the per-run `translation` bookkeeping): a rerun that healed nothing leaves it unchanged, so
+the stages downstream are not redone.
+
+A translator that cannot run at all (a rejected key, an unknown model, an endpoint that is
+unreachable or stops answering: translators/openai_backend.py) fails the stage (`StageFailed`,
+`vcla` exits 1) without `_SUCCESS`; what was translated stays in the memory for the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pipelines.io import (
     atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, stage_storage_errors, write_json,
@@ -32,19 +41,29 @@ from pipelines.io import (
 from pipelines.progress import bar, count_lines
 from pipelines.recipe import Recipe
 from pipelines.rejects import RejectWriter
+from pipelines.stages import StageFailed
 from pipelines.stats import StageStats
 from templates.schema import Record
 from translators.backends import build_translator
 from translators.base import MemoryFirstTranslator
 from translators.config import TranslatorConfig
-from translators.memory import MemoryWriteError, TranslationMemory
-from translators.protocol import Segment, SegmentKind, SegmentResult
+from translators.memory import MemoryImportError, MemoryWriteError, TranslationMemory
+from translators.protocol import Segment, SegmentKind, SegmentResult, TranslatorError
 
 log = logging.getLogger(__name__)
 
 STAGE = "translate"
 UNRETRYABLE = {"bad_record", "unsupported_lang"}
 """Rejections a rerun cannot fix; every other reason makes the next run try again."""
+TRANSIENT = {"connection_error", "timeout", "parse_failed", "count_mismatch"}
+"""Failures of the request or reply (with `http_<status>` for the statuses of `TRANSIENT_HTTP`): the flows
+rerun the step until none is left."""
+TRANSIENT_HTTP = {408, 409, 425, 429} | set(range(500, 600))
+"""A 400, 413, 422 for a segment (too long, a content filter) comes back the same: capped like QA failures."""
+MAX_QA_RERUNS = 2
+"""QA failures (numbers_changed, refusal, ...) survived the stricter retry; a model at low temperature
+mostly repeats them, so they keep the step pending for this many reruns in a row only, not for ever
+(`qa_reruns`: the reruns since the step last had none; reruns for request failures alone do not count)."""
 SHORT_ANSWER_WORDS = 3
 WINDOWS_IN_FLIGHT = 2
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
@@ -64,64 +83,95 @@ def run_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
 
 async def arun_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
     """`run_translate` for callers that already run an event loop. A full disk or a permission error
-    (records, rejections or the translation memory) stops the stage with a message naming the path."""
-    with stage_storage_errors(STAGE, out_dir, MemoryWriteError):
+    (records, rejections or the translation memory) stops the stage with a message naming the path;
+    so does a translator that cannot run (`TranslatorError`: its message names the endpoint and the cause)."""
+    with stage_storage_errors(STAGE, out_dir, MemoryWriteError, TranslatorError):
         return await _translate(recipe, Path(in_dir), Path(out_dir))
 
 
 async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
     cfg = recipe.translator
-    if is_done(out_dir) and not read_json(out_dir / "_SUCCESS").get("retry_pending", 0):
+    previous = read_json(out_dir / "_SUCCESS") if is_done(out_dir) else None
+    if previous is not None and not previous.get("retry_pending", 0):
         stats = StageStats.from_dict(read_json(out_dir / "stats.json"))
         print(stats.table())
         return stats
+    # old markers lack qa_failed: count the rerun
+    had_qa = previous is not None and previous.get("qa_failed", 1) > 0
+    qa_reruns = previous.get("qa_reruns", 0) + 1 if had_qa else 0
     files = sorted((in_dir / "records").glob("*.jsonl"))
     if not files:
-        raise FileNotFoundError(f"{in_dir / 'records'}: no *.jsonl record files; run the download stage first")
+        raise StageFailed(f"{STAGE}: {in_dir / 'records'}: no *.jsonl record files; run `vcla download` first")
+    recipe.require_files("translator.memory_import")
     clean_stale_temp_files(out_dir)
     (out_dir / "_SUCCESS").unlink(missing_ok=True)
     stats = StageStats(STAGE)
+    digest = hashlib.sha256()
     with TranslationMemory(Path(recipe.translator.memory_path)) as memory:
         _import_memory_files(memory, cfg, stats)
         translator = build_translator(cfg, memory)
         try:
             with RejectWriter(out_dir / "rejected", STAGE, stats) as rejects:
                 for path in files:
-                    await _translate_file(path, out_dir / "records" / path.name, translator, stats, rejects)
+                    digest.update(path.name.encode() + b"\0")
+                    await _translate_file(path, out_dir / "records" / path.name, translator, stats, rejects, digest)
         finally:
             await translator.aclose()
         stats.extra.update(translator.report())
-    pending = sum(n for reason, n in stats.rejected.items() if reason not in UNRETRYABLE)
+    pending = _retry_pending(stats.rejected, qa_reruns)
     write_json(out_dir / "stats.json", stats.to_dict())
-    mark_done(out_dir, {"retry_pending": pending, "backend": cfg.backend, "model": cfg.model})
+    mark_done(out_dir, {"retry_pending": pending, "qa_reruns": qa_reruns, "qa_failed": _failures(stats.rejected)[1],
+                        "backend": cfg.backend, "model": cfg.model, "output_digest": digest.hexdigest()})
     print(stats.table())
     return stats
 
 
+def _retry_pending(rejected: dict[str, int], qa_reruns: int) -> int:
+    """Rejections the next run should retry: request failures always, QA failures for MAX_QA_RERUNS reruns."""
+    transient, qa = _failures(rejected)
+    return transient + (qa if qa_reruns < MAX_QA_RERUNS else 0)
+
+
+def _failures(rejected: dict[str, int]) -> tuple[int, int]:
+    """(request failures, the other retryable rejections: failed QA, a 4xx that will come back)."""
+    transient = sum(n for reason, n in rejected.items() if _is_transient(reason))
+    return transient, sum(n for reason, n in rejected.items() if reason not in UNRETRYABLE) - transient
+
+
+def _is_transient(reason: str) -> bool:
+    code = reason.removeprefix("http_")
+    return reason in TRANSIENT or (code != reason and code.isdigit() and int(code) in TRANSIENT_HTTP)
+
+
 def _import_memory_files(memory: TranslationMemory, cfg: TranslatorConfig, stats: StageStats) -> None:
+    """Merge `translator.memory_import` (checked to exist); a file that is not in the exchange format
+    fails the stage naming the key, the file and line, and what to do (nothing of it is imported)."""
     for i, path in enumerate(cfg.memory_import):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"translator.memory_import[{i}]: file not found: {path}")
-        report = memory.import_jsonl(path)
+        try:
+            report = memory.import_jsonl(path)
+        except MemoryImportError as e:
+            raise StageFailed(f"{STAGE}: translator.memory_import[{i}]: {e} (or remove the file from "
+                              "translator.memory_import)") from None
         stats.extra["memory_imported_rows"] += report.rows
         what = "unchanged since last import" if report.skipped_file else f"{report.rows} rows"
         log.info("memory import %s: %s", path, what)
 
 
 async def _translate_file(
-    path: Path, out_path: Path, translator: MemoryFirstTranslator, stats: StageStats, rejects: RejectWriter
+    path: Path, out_path: Path, translator: MemoryFirstTranslator, stats: StageStats, rejects: RejectWriter,
+    digest: Any,
 ) -> None:
     """Windows of records are translated with up to `WINDOWS_IN_FLIGHT` at once, so the requests
-    of one window's slow tail overlap the next; they are written in input order."""
+    of one window's slow tail overlap the next; they are written in input order (and fed to `digest`)."""
     in_flight: deque[asyncio.Task[list[_Item]]] = deque()
     with atomic_open(out_path, "w", encoding="utf-8") as out, bar(count_lines(path), f"translate {path.stem}") as pb:
         try:
             for window in _windows(_read_records(path, stats, rejects), translator.config.window_records):
                 in_flight.append(asyncio.create_task(_translate_window(window, translator, stats, rejects)))
                 if len(in_flight) >= WINDOWS_IN_FLIGHT:
-                    pb.update(_write(await in_flight.popleft(), out, stats))
+                    pb.update(_write(await in_flight.popleft(), out, stats, digest))
             while in_flight:
-                pb.update(_write(await in_flight.popleft(), out, stats))
+                pb.update(_write(await in_flight.popleft(), out, stats, digest))
         except BaseException:
             for task in in_flight:
                 task.cancel()
@@ -141,12 +191,19 @@ def _windows(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
         yield window
 
 
-def _write(window: list[_Item], out: IO, stats: StageStats) -> int:
-    """Write a translated window in input order; returns how many input records it covered."""
+def _write(window: list[_Item], out: IO, stats: StageStats, digest: Any) -> int:
+    """Write a translated window in input order; returns how many input records it covered.
+
+    `digest` gets each kept record's id and messages: what this stage decided. The rest of a row
+    is its input (covered by the upstream fingerprint) or per-run bookkeeping (`translation`:
+    tokens, memory or model), which must not make the stages downstream redo their work."""
     for it in window:
         if it.record is not None:
             out.write(json.dumps(_as_row(it.record), ensure_ascii=False) + "\n")
             stats.count_kept(it.record.source)
+            digest.update(it.record.id.encode() + b"\0")
+            for m in it.record.messages:
+                digest.update(m["content"].encode() + b"\0")
     return len(window)
 
 

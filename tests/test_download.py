@@ -208,10 +208,26 @@ def test_stage_table_lists_sources_and_image_failures(run):
     assert any(ln.startswith("vqa ") and " 3 " in ln for ln in lines)  # 3 distinct images wanted
 
 
-def test_complete_stage_is_not_rerun(run):
-    again = run_download(run["recipe"], run["out"])
+def test_only_transient_failures_are_left_to_retry(run):
+    """The 500, the timeout and the refused connection may heal; a 404, a page that is not an image, a
+    bomb, a cut or empty file, a refused path will not: `_SUCCESS` counts the records of the first kind."""
+    done = json.loads((run["out"] / "_SUCCESS").read_text())
+    transient = {"image_http_500", "image_timeout", "image_connection_error"}
+    assert transient < set(run["stats"].rejected) and len(set(run["stats"].rejected) - transient) >= 8
+    assert done["retry_pending"] == sum(run["stats"].rejected[r] for r in transient) == 3
+    assert done["reruns"] == 0 and len(done["output_digest"]) == 64
+
+
+def test_complete_stage_is_not_rerun(run, tmp_path):
+    """(The shared run left retryable work; here the marker says there is none.)"""
+    out = tmp_path / "out"
+    shutil.copytree(run["out"], out)
+    done = json.loads((out / "_SUCCESS").read_text())
+    (out / "_SUCCESS").write_text(json.dumps({**done, "retry_pending": 0}))
+    before = dict(run["server"].hits)
+    again = run_download(run["recipe"], out)
     assert again.to_dict() == run["stats"].to_dict()
-    assert run["server"].hits == run["hits"]
+    assert run["server"].hits == before
 
 
 def test_rerun_after_crash_fetches_only_unfinished_shards(run, tmp_path):

@@ -84,6 +84,7 @@ def test_no_allowed_roots_means_no_local_files(roots):
     ("<urlopen error [Errno 111] Connection refused>", "image_connection_error"),
     ("<urlopen error [Errno 2] No such file or directory: '/x.jpg'>", "image_missing"),
     ("Remote end closed connection without response", "image_connection_error"),
+    ("IncompleteRead(1024 bytes read, 4096 more expected)", "image_connection_error"),
     ("Image decoding error", "image_decode_failed"),
     ("image_truncated: JPEG ...: image file is truncated", "image_truncated"),
     ("Use of image disallowed by X-Robots-Tag directive", "image_disallowed"),
@@ -183,13 +184,16 @@ def test_checked_resizer_is_patched_in_only_for_the_call():
 
 @pytest.mark.parametrize("distributor", ["pyspark", "ray"])
 def test_missing_distributor_package_is_a_clear_error(distributor):
+    from pipelines.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe("recipes/demo.yaml", [f"download.distributor={distributor}"])
     try:
         __import__(distributor)
     except ImportError:
-        with pytest.raises(RuntimeError, match=f"pip install {distributor}"):
-            check_distributor(distributor)
+        with pytest.raises(RecipeError, match=f"download.distributor: .*pip install {distributor}"):
+            check_distributor(recipe)
     else:
-        check_distributor(distributor)
+        check_distributor(recipe)
 
 
 # -- recipe checks ------------------------------------------------------------------------------

@@ -101,3 +101,62 @@ def test_training_one_stage_does_not_mark_the_train_stage_done(prefect_server, t
     _, summary = run(tmp_path / "run")  # build-and-train then trains what is missing
     assert summary["stages"]["train"]["stage2"]["steps"] == 3
     assert (tmp_path / "run" / "train" / "_FLOW.json").is_file()
+
+
+def test_a_stage_that_left_retryable_failures_runs_again_and_downstream_redoes_only_what_healed(
+    prefect_server, tmp_path, monkeypatch
+):
+    """translate rejects the records of requests that failed for good (500s) and says so in `_SUCCESS`
+    (retry_pending); each flow run then runs it again in place, sending only those, and render is
+    redone only when a retry changed translate's output."""
+    from support.chat_server import ChatServer
+    from support.translate_fixtures import API_KEY, KEY_ENV
+
+    from pipelines.flows import STAGE_FLOWS
+
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    run_dir = tmp_path / "run"
+    with ChatServer(api_key=API_KEY) as chat:
+        sets = ["demo.num_images=40", "demo.vision_encoder=null", "translator.backend=openai",
+                f"translator.base_url={chat.base_url}", f"translator.api_key_env={KEY_ENV}",
+                "translator.model=test-model", "translator.memory_import=[]", "translator.max_retries=0",
+                "translator.batch_segments=8"]
+        spec = {"recipe": "recipes/demo.yaml", "overrides": sets, "run_dir": str(run_dir)}
+        for name in ("demo-data", "download"):
+            assert STAGE_FLOWS[name](**spec, return_state=True).is_completed()
+        llava = json.loads((run_dir / "demo-data" / "llava" / "llava_instruct.json").read_text())
+        chat.add_fault("server_error", match=llava[0]["conversations"][-1]["value"], times=None)
+
+        def run_translate_and_render() -> dict[str, str]:
+            states = {}
+            for name in ("translate", "render"):
+                state = STAGE_FLOWS[name](**spec, return_state=True)
+                assert state.is_completed(), state
+                states[name] = task_states(state.state_details.flow_run_id)[name]
+            return states
+
+        def flow_marker(stage: str) -> dict:
+            return json.loads((run_dir / stage / "_FLOW.json").read_text())
+
+        assert run_translate_and_render() == {"translate": "Completed", "render": "Completed"}
+        first = flow_marker("translate")
+        pending = json.loads((run_dir / "translate" / "_SUCCESS").read_text())["retry_pending"]
+        assert pending > 0 and first["summary"]["rejected"] == {"http_500": pending}
+        rendered = flow_marker("render")["summary"]["kept"]
+        shards = {p: p.stat().st_mtime_ns for p in (run_dir / "render" / "data").rglob("*.parquet")}
+
+        requests, answered = chat.stats.requests, chat.stats.ok
+        assert run_translate_and_render() == {"translate": "Completed", "render": "Cached"}  # nothing healed
+        assert chat.stats.ok == answered and 0 < chat.stats.requests - requests <= pending, "only the failed ones"
+        assert first["retry_pending"] == pending and flow_marker("translate")["output"] == first["output"]
+        assert {p: p.stat().st_mtime_ns for p in shards} == shards
+
+        chat.clear_faults()
+        assert run_translate_and_render() == {"translate": "Completed", "render": "Completed"}  # healed
+        healed = flow_marker("translate")
+        assert healed["retry_pending"] == 0 and healed["summary"]["rejected"] == {}
+        assert healed["output"] != first["output"] and flow_marker("render")["summary"]["kept"] > rendered
+
+        requests = chat.stats.requests
+        assert run_translate_and_render() == {"translate": "Cached", "render": "Cached"}
+        assert chat.stats.requests == requests

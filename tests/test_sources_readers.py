@@ -344,3 +344,176 @@ def test_limit_caps_items_read(tmp_path):
     path = write_json(tmp_path / "a.json", [{"instruction": f"i{n}", "output": "o"} for n in range(10)])
     records, _, stats = read(tmp_path, kind="alpaca", path=path, limit=3)
     assert len(records) == 3 and stats.read == 3
+
+
+# -- files saved by Windows tools: byte-order marks, UTF-16 ---------------------------------------
+def _reencode(path: Path, encoding: str) -> None:
+    """Rewrite a UTF-8 file (gzipped or not) in `encoding`; "utf-8-sig" and "utf-16" write a BOM."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        text = f.read().decode("utf-8")
+    with opener(path, "wb") as f:
+        f.write(text.encode(encoding))
+
+
+def _layout(tmp_path: Path, case: str) -> dict:
+    """A small valid-and-invalid source of each kind in plain UTF-8: the SourceConfig fields."""
+    if case.startswith("url_list."):
+        fmt = case.split(".", 1)[1]
+        _write_table(path := tmp_path / f"urls.{fmt}", fmt)
+        return {"kind": "url_list", "path": str(path), "url_col": "URL", "caption_col": "TEXT", "id_col": "key"}
+    if case == "zh_pairs.csv":
+        (path := tmp_path / "wukong.csv").write_text("url,caption\nhttp://h/1.jpg,一只红色的猫\nhttp://h/2.jpg,\n",
+                                                     encoding="utf-8")
+        return {"kind": "zh_pairs", "path": str(path)}
+    if case == "vqav2":
+        q, a = _vqa_files(tmp_path)
+        return {"kind": "vqav2", "path": q, "annotations": a}
+    data = {
+        "coco_captions": COCO, "llava": LLAVA, "alpaca": [{"instruction": "说出三种颜色", "output": "红、绿、蓝"},
+                                                          {"instruction": "缺少输出"}],
+        "gqa": {"1": {"imageId": "2354786", "question": "Is the sky dark?", "answer": "yes"}, "2": {"imageId": "x"}},
+        "textvqa": {"data": [{"question": "what brand?", "image_id": "003a", "answers": ["nokia"] * 3,
+                              "question_id": 34602}]},
+    }
+    if case == "sharegpt.jsonl":
+        (path := tmp_path / "chats.jsonl").write_text("\n".join(json.dumps(i) for i in LLAVA) + "\n")
+        return {"kind": "sharegpt", "path": str(path)}
+    return {"kind": case, "path": write_json(tmp_path / f"{case}.json", data[case])}
+
+
+ENCODING_CASES = ["url_list.csv", "url_list.tsv", "url_list.jsonl", "url_list.jsonl.gz", "zh_pairs.csv", "vqav2",
+                  "coco_captions", "llava", "alpaca", "gqa", "textvqa", "sharegpt.jsonl"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le"])
+@pytest.mark.parametrize("case", ENCODING_CASES)
+def test_every_reader_reads_files_with_a_byte_order_mark_or_in_utf16_as_it_reads_utf8(tmp_path, case, encoding):
+    """Notepad, Excel and PowerShell save UTF-8 with a BOM or UTF-16 (with a BOM; "utf-16-le": without,
+    found from the NULs). Was: a JSON file was one `invalid_json` row ("found '\\ufeff'"), a CSV's first
+    column was named '\\ufeffurl' so every row was `missing_field`, a JSONL lost its first line."""
+    cfg = _layout(tmp_path, case)
+    plain, plain_rows, plain_stats = read(tmp_path / "plain", **cfg)
+    assert plain, "the UTF-8 layout must hold records for the comparison to mean something"
+    for key in ("path", "annotations"):
+        if key in cfg:
+            _reencode(Path(cfg[key]), encoding)
+    records, rows, stats = read(tmp_path / "bom", **cfg)
+    assert [r.to_dict() for r in records] == [r.to_dict() for r in plain]
+    assert [(r["reason"], r["location"]) for r in rows] == [(r["reason"], r["location"]) for r in plain_rows]
+    assert stats.read == plain_stats.read
+
+
+def test_a_utf16_file_with_a_bad_last_byte_is_read_up_to_it_and_the_byte_is_a_rejection(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(json.dumps({"instruction": "甲", "output": "乙"}).encode("utf-16") + "\n".encode("utf-16-le")
+                     + json.dumps({"instruction": "丙", "output": "丁"}).encode("utf-16-le") + b"\x00")
+    records, rows, stats = read(tmp_path, kind="alpaca", path=str(path))
+    assert [r.messages[0]["content"] for r in records] == ["甲"]
+    assert [(r["reason"], r["location"]) for r in rows] == [("invalid_json", f"{path}:2")]
+    assert stats.read == 2
+
+
+def test_files_with_a_byte_order_mark_concatenated_keep_every_line(tmp_path):
+    """`type a.jsonl b.jsonl > all.jsonl` on Windows: the second file's BOM starts a line mid-file.
+    Was: that line was `invalid_json` ("Unexpected UTF-8 BOM")."""
+    part = lambda i: "\ufeff" + json.dumps({"url": f"http://h/{i}.jpg", "caption": f"c{i}"}) + "\n"  # noqa: E731
+    (jsonl := tmp_path / "all.jsonl").write_text(part(1) + part(2), encoding="utf-8")
+    (tsv := tmp_path / "all.tsv").write_text("\ufeffc1\thttp://h/1.jpg\n\ufeffc2\thttp://h/2.jpg\n", encoding="utf-8")
+    for path, columns in ((jsonl, None), (tsv, ["caption", "url"])):
+        records, rows, _ = read(tmp_path, kind="url_list", path=str(path), columns=columns)
+        assert rows == [] and [r.image for r in records] == ["http://h/1.jpg", "http://h/2.jpg"]
+
+
+# -- CSV/TSV: header or not, one line one row -----------------------------------------------------
+CC3M = "a very typical bus station\thttp://lh6.ggpht.com/bus.jpg\nsleeping cat on a sofa\thttps://i.example/cat.jpg\n" \
+       "the player \"scores\" a goal\thttp://x.example/goal.png\n"
+"""Conceptual Captions' official TSV: no header, `caption<TAB>url` (CC12M: `url<TAB>caption`)."""
+
+
+@pytest.mark.parametrize("columns", [None, ["caption", "url"]])
+@pytest.mark.parametrize("order", ["cc3m", "cc12m"])
+def test_cc3m_and_cc12m_tsv_without_a_header_are_read_whole(tmp_path, capfd, order, columns):
+    """Was: line 1 silently became the header (neither kept nor rejected) and every other line was
+    rejected "column 'url' is missing"."""
+    lines = CC3M.splitlines()
+    if order == "cc12m":
+        lines = ["\t".join(line.split("\t")[::-1]) for line in lines]
+        columns = columns and columns[::-1]
+    path = tmp_path / "Train_GCC-training.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    records, rows, stats = read(tmp_path, kind="url_list", path=str(path), columns=columns)
+    assert [(r.messages[1]["content"], r.image) for r in records] == [
+        ("a very typical bus station", "http://lh6.ggpht.com/bus.jpg"), ("sleeping cat on a sofa", "https://i.example/cat.jpg"),
+        ('the player "scores" a goal', "http://x.example/goal.png"),  # TSV has no quoting: quotes are text
+    ]
+    assert rows == [] and stats.read == 3
+    if columns is None:
+        assert "no header row" in capfd.readouterr().err
+
+
+def test_a_headerless_file_that_cannot_be_guessed_rejects_every_line_saying_to_set_columns(tmp_path):
+    path = tmp_path / "cc.tsv"
+    path.write_text("".join(f"caption {i}\thttp://h/{i}.jpg\tkey{i}\n" for i in range(3)))
+    records, rows, stats = read(tmp_path, kind="url_list", path=str(path))
+    assert records == [] and stats.read == 3 and stats.rejected == {"unknown_columns": 3}
+    assert [r["location"] for r in rows] == [f"{path}:{n}" for n in (1, 2, 3)]
+    assert "set `columns:` on source 'src'" in rows[0]["detail"] and "no header row" in rows[0]["detail"]
+    records, rows, _ = read(tmp_path, kind="url_list", path=str(path), columns=["caption", "url", "key"])
+    assert [(r.image, r.meta) for r in records] == [(f"http://h/{i}.jpg", {"key": f"key{i}"}) for i in range(3)]
+
+
+def test_a_header_naming_none_of_the_columns_is_itself_a_rejection_row(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("link,text\nhttp://h/1.jpg,one\n")
+    records, rows, stats = read(tmp_path, kind="url_list", path=str(path))
+    assert records == [] and stats.read == 2 and [r["location"] for r in rows] == [f"{path}:1", f"{path}:2"]
+    assert "names neither url_col 'url' nor caption_col 'caption'" in rows[0]["detail"]
+    records, _, _ = read(tmp_path, kind="url_list", path=str(path), url_col="link", caption_col="text")
+    assert len(records) == 1
+
+
+def test_columns_on_a_file_that_has_a_header_rejects_the_header_line(tmp_path):
+    path = tmp_path / "u.tsv"
+    path.write_text("caption\turl\na cat\thttp://h/1.jpg\n")
+    records, rows, stats = read(tmp_path, kind="url_list", path=str(path), columns=["caption", "url"])
+    assert len(records) == 1 and [(r["reason"], r["location"]) for r in rows] == [("header_row", f"{path}:1")]
+    assert "remove `columns:`" in rows[0]["detail"] and stats.read == 2
+
+
+def test_every_csv_line_is_one_row_kept_or_rejected(tmp_path):
+    """read == kept + rejected, line for line. Was: an unclosed quote swallowed every line after it
+    into one caption; an unquoted comma cut the caption and kept the record; a caption over
+    131,072 characters raised csv.Error and stopped the source."""
+    big = "x" * 140_000
+    csv_path = tmp_path / "u.csv"
+    csv_path.write_text(f'url,caption\nhttp://h/1.jpg,"a cat, sitting"\nhttp://h/2.jpg,a red car, parked\n'
+                        f'http://h/3.jpg,"unclosed\nhttp://h/4.jpg,{big}\n\nhttp://h/5.jpg,five\n'
+                        f'http://h/6.jpg,"say ""hi"""\n')
+    records, rows, stats = read(tmp_path, kind="url_list", path=str(csv_path))
+    assert [r.messages[1]["content"] for r in records] == ["a cat, sitting", "five", 'say "hi"']
+    assert [(r["reason"], r["location"]) for r in rows] == [
+        ("invalid_row", f"{csv_path}:3"), ("invalid_row", f"{csv_path}:4"), ("invalid_row", f"{csv_path}:5")]
+    assert "3 values but 2 columns" in rows[0]["detail"] and "131,072" in rows[2]["detail"]
+    assert stats.read == 6 == len(records) + stats.rejected_total
+    tsv_path = tmp_path / "u.tsv"
+    tsv_path.write_text('url\tcaption\nhttp://h/1.jpg\t"unclosed quote\nhttp://h/2.jpg\ttwo\nhttp://h/3.jpg\t3\textra\n')
+    records, rows, stats = read(tmp_path, kind="url_list", path=str(tsv_path))
+    assert [r.messages[1]["content"] for r in records] == ['"unclosed quote', "two"]
+    assert [(r["reason"], r["location"]) for r in rows] == [("invalid_row", f"{tsv_path}:4")]
+    assert stats.read == 3
+
+
+def test_columns_is_checked_when_the_recipe_is_loaded_and_read(tmp_path):
+    from pydantic import ValidationError
+
+    from pipelines.recipe import RecipeError
+
+    with pytest.raises(ValidationError, match=r"must name url_col/caption_col/id_col \['url'\]"):
+        SourceConfig(name="s", kind="url_list", path="x.tsv", columns=["caption", "link"])
+    with pytest.raises(ValidationError, match="only url_list and zh_pairs"):
+        SourceConfig(name="s", kind="llava", path="x.json", columns=["caption", "url"])
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps({"url": "http://h/1.jpg", "caption": "c"}) + "\n")
+    with pytest.raises(RecipeError, match="remove `columns:`"):
+        read(tmp_path, kind="url_list", path=str(path), columns=["caption", "url"])

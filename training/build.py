@@ -7,6 +7,8 @@
 Every part is either a `path` (a folder the user provides; nothing is downloaded) or `init`
 (config keyword arguments, random weights). `prepare_base` saves a model built from `init` once,
 in the merged layout, so later stages, resumes and exports load the very same weights.
+A `path` that is missing or lacks config.json / tokenizer files is a `ModelPathError` naming the
+recipe key (`require_model_folder`; `vcla` checks every folder of `model_folders` before it starts).
 """
 
 from __future__ import annotations
@@ -28,11 +30,42 @@ from training.model import VisualCLAConfig, VisualCLAModel
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _read_config(path: str) -> dict:
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (point the recipe's model paths at real model folders)")
-    return json.loads(file.read_text())
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+"""One of these makes a folder a tokenizer folder (fast tokenizer, sentencepiece, BPE or WordPiece)."""
+
+
+class ModelPathError(FileNotFoundError):
+    """A `model.*` folder of the recipe that is missing or is not a model folder; names the key."""
+
+
+def require_model_folder(key: str, path: str, config: bool = True, tokenizer: bool = False) -> Path:
+    """`path` (the recipe's `key`) as a folder holding config.json and/or tokenizer files, or ModelPathError."""
+    folder, fix = Path(path), f"fix the recipe or pass --set {key}=DIR"
+    if not folder.exists():
+        raise ModelPathError(f"{key}: {folder} does not exist (model paths are local folders; nothing is "
+                             f"downloaded); {fix}")
+    if not folder.is_dir():
+        raise ModelPathError(f"{key}: {folder} is a file, not a model folder; {fix}")
+    if config and not (folder / "config.json").is_file():
+        raise ModelPathError(f"{key}: {folder} has no config.json (point it at a Hugging Face model folder: "
+                             f"config.json, *.safetensors, tokenizer files); {fix}")
+    if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelPathError(f"{key}: {folder} has no tokenizer files ({' or '.join(TOKENIZER_FILES[:2])}); "
+                             "copy the LLM's tokenizer there or set model.llm.tokenizer=DIR")
+    return folder
+
+
+def model_folders(cfg: ModelConfig) -> list[tuple[str, str, bool, bool]]:
+    """(recipe key, folder, needs config.json, needs tokenizer files) for every folder the model loads."""
+    llm, tok = cfg.llm.path, cfg.llm.tokenizer
+    folders = [("model.llm.path", llm, True, tok is None), ("model.llm.tokenizer", tok, False, True),
+               ("model.vision.path", cfg.vision.path, True, False),
+               ("model.connector.path", cfg.connector.path, True, False)]
+    return [f for f in folders if f[1]]
+
+
+def _read_config(key: str, path: str) -> dict:
+    return json.loads((require_model_folder(key, path) / "config.json").read_text())
 
 
 def vision_config(cfg: ModelConfig):
@@ -40,7 +73,7 @@ def vision_config(cfg: ModelConfig):
     if v.path is None:
         init = {"image_size": v.image_size, **v.init}
         return (CLIPVisionConfig if v.kind == "clip" else Blip2VisionConfig)(**init)
-    raw = _read_config(v.path)
+    raw = _read_config("model.vision.path", v.path)
     if "vision_config" in raw:  # a full CLIP or BLIP-2 checkpoint
         raw = raw["vision_config"]
         raw.setdefault("model_type", "clip_vision_model" if v.kind == "clip" else "blip_2_vision_model")
@@ -54,7 +87,7 @@ def qformer_config(cfg: ModelConfig, vision_width: int):
     if c.kind != "qformer":
         return None
     if c.path is not None:
-        raw = _read_config(c.path)
+        raw = _read_config("model.connector.path", c.path)
         raw = dict(raw.get("qformer_config", raw))
         raw.pop("model_type", None)
         raw.setdefault("encoder_hidden_size", vision_width)
@@ -68,7 +101,7 @@ def text_config(cfg: ModelConfig, vocab_size: int | None):
         init = dict(cfg.llm.init)
         init.setdefault("vocab_size", vocab_size)
         return LlamaConfig(**init)
-    raw = _read_config(cfg.llm.path)
+    raw = _read_config("model.llm.path", cfg.llm.path)
     raw.pop("model_type", None)
     return LlamaConfig(**raw)
 
@@ -136,6 +169,8 @@ def build_tokenizer_for(cfg: ModelConfig, texts=None):
     if source:
         from training.checkpoint import check_folder
 
+        key = "model.llm.tokenizer" if cfg.llm.tokenizer else "model.llm.path"
+        require_model_folder(key, source, config=key == "model.llm.path", tokenizer=True)
         check_folder(Path(source), "tokenizer")  # no auto_map: never offer to run the folder's code
         return load_tokenizer(source)
     if texts is None:

@@ -8,7 +8,9 @@
 The prompt is rendered by `templates.render_turns` and tokenised segment by segment exactly as in
 training (`training.data.prompt_ids`); the image block sits in the first instruction. Generation
 defaults are VisualCLA's (sampling, top_p 0.9, top_k 40, temperature 0.5, repetition penalty 1.1,
-no_repeat_ngram_size 15, max_new_tokens 512); pass `do_sample=False` for greedy answers.
+no_repeat_ngram_size 15, max_new_tokens 512); pass `do_sample=False` for greedy answers (the same
+answer every time), or seed torch (`torch.manual_seed`) before sampling to repeat a sampled one.
+An image that is missing or cannot be decoded is an `ImageError` naming the file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ from training.data import prompt_ids
 
 GENERATION_DEFAULTS = {"max_new_tokens": 512, "do_sample": True, "top_p": 0.9, "top_k": 40, "temperature": 0.5,
                        "repetition_penalty": 1.1, "no_repeat_ngram_size": 15}
+SAMPLING_ONLY = ("top_p", "top_k", "temperature")
+GREEDY = {"do_sample": False, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+"""Plain argmax decoding (`vcla chat --greedy`, the eval's chat): no sampling, no repetition penalty and no
+n-gram blocking, so an exported llava-hf model's `generate(do_sample=False)` gives the same tokens (it
+would count the prompt in both penalties; our chat generates from embeddings and counts only the answer)."""
+
+
+class ImageError(ValueError):
+    """An image to chat about that is missing or not a decodable image; the message names it."""
 
 
 @dataclass
@@ -49,11 +60,26 @@ class ChatModel:
 
 
 def open_image(image) -> Image.Image:
+    """An RGB PIL image from a PIL image, encoded bytes or a file path; ImageError if it is none."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray)):
-        return Image.open(io.BytesIO(image)).convert("RGB")
-    return Image.open(image).convert("RGB")
+    where = "image bytes" if isinstance(image, (bytes, bytearray)) else f"image {image}"
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"{where}: file not found") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ImageError(f"{where}: not a decodable image ({e})") from None
+
+
+def generation_options(generation: dict[str, Any]) -> dict[str, Any]:
+    """GENERATION_DEFAULTS updated with `generation`; greedy (do_sample=False) drops the sampling-only
+    defaults, which transformers would otherwise warn about on every call."""
+    kwargs = {**GENERATION_DEFAULTS, **generation}
+    if not kwargs["do_sample"]:
+        kwargs = {k: v for k, v in kwargs.items() if k not in SAMPLING_ONLY or k in generation}
+    return kwargs
 
 
 def build_prompt(bot: ChatModel, text: str, pairs: list[tuple[str, str]], image: bool) -> list[int]:
@@ -76,7 +102,7 @@ def chat(model: ChatModel | str | Path, image, text: str, history: list[dict] | 
     pairs = pairs_from_visualcla_history(history)
     ids = build_prompt(bot, text, pairs, image is not None)
     input_ids = torch.tensor([ids], device=bot.model.device)
-    kwargs = {**GENERATION_DEFAULTS, **generation}
+    kwargs = generation_options(generation)
     tok = bot.tokenizer
     out = bot.model.generate(
         input_ids=input_ids, attention_mask=torch.ones_like(input_ids),

@@ -2,7 +2,8 @@
 
 A stage folder (`runs/<name>/train/<stage>/`):
 
-    adapter_config.json, adapter_model.safetensors   LoRA of both encoders + modules to save (peft)
+    adapter_config.json, adapter_model.safetensors   LoRA of both encoders + modules to save (peft); only for
+                                                      stages that train something with LoRA
     non_lora_trainables.safetensors                   modules trained in full outside peft (if any)
     config.json                                       VisualCLAConfig (model_type "visualcla")
     tokenizer files, preprocessor_config.json
@@ -11,15 +12,29 @@ A stage folder (`runs/<name>/train/<stage>/`):
 
 `stage.json` names where the frozen weights come from (`base`: a merged folder, or null when the
 config's `*_name_or_path` point at the user's model folders) and `init_from` (the previous
-stage, relative to this folder). Loading a stage = its base, then each earlier stage merged in
-order, then its own weights. The merged layout (`save_merged`) is what `export --format merged`
-writes and what `prepare_base` writes for models built from `init`:
+stage). Loading a stage = its base, then each earlier stage merged in order, then its own weights.
 
-    config.json, vision_encoder/, text_encoder/, connector.safetensors, tokenizer, preprocessor_config.json
+Paths are relocatable: a path into the run folder (`base`, `init_from`, the config's
+`*_name_or_path` when they point at `train/base/...`) is stored relative to the stage folder and
+resolved against it when loaded (`portable_path` / `resolve_stored`), so a copied or moved `train/`
+(or run folder) loads without the original. Paths outside the run folder (the user's model
+folders) are stored absolute. Absolute paths written by older versions still load.
+
+The merged layout (`save_merged`) is what `export --format merged` writes and what `prepare_base`
+writes for models built from `init`:
+
+    config.json, vision_encoder/, text_encoder/, connector.safetensors, tokenizer files,
+    special_tokens_map.json, preprocessor_config.json
+
+It follows VisualCLA's merged layout (`text_encoder/`, `vision_encoder/`, config, tokenizer, processor)
+except where README.md ("Export") says: the resampler + projection tensors are in
+`connector.safetensors` (VisualCLA: `pytorch_model.bin`, a pickle we never write), with VisualCLA's
+key prefixes `visual_resampler.` / `image_projection_layer.`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -87,8 +102,32 @@ def _json_object(path: Path) -> dict:
 
 def _atomic_json(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))  # open(): mode from the umask
     os.replace(tmp, path)
+
+
+def current_umask() -> int:
+    """The process umask from /proc (os.umask() reads it only by setting it, racing other threads);
+    without /proc, set and restored (0o077 meanwhile: a racing file is never made wider)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, ValueError, StopIteration):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
+
+
+def share_modes(root: Path) -> None:
+    """Give `root` (a file, or each file under a folder) the mode open() gives under the umask
+    (0644 under 0022). safetensors >= 0.8 writes every file 0600 whatever the umask (it renames a
+    private temp file into place; safetensors#782), save_pretrained included: weights another user or
+    an upload tool could not read while the config beside them is readable."""
+    root = Path(root)
+    mode = 0o666 & ~current_umask()
+    for f in [root] if root.is_file() else root.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, mode)
 
 
 # ---- merged layout ------------------------------------------------------------------------
@@ -107,8 +146,22 @@ def save_merged(model: VisualCLAModel, tokenizer, processor, out: Path) -> Path:
     config.text_config.vocab_size = model.text_model.config.vocab_size
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    write_special_tokens_map(tokenizer, out)
     processor.save_pretrained(out)
+    share_modes(out)
     return out
+
+
+def write_special_tokens_map(tokenizer, out: Path) -> None:
+    """`special_tokens_map.json` as VisualCLA's release has it (bos/eos/unk/pad + the image tokens).
+    transformers 5 no longer writes this file and reads it only for tokenizers saved without
+    `added_tokens_decoder` (not ours), so it is for other loaders and for people reading the folder."""
+    from templates.image import ADDED_TOKENS
+
+    names = ("bos_token", "eos_token", "unk_token", "pad_token")
+    data = {k: str(getattr(tokenizer, k)) for k in names if getattr(tokenizer, k, None) is not None}
+    data["additional_special_tokens"] = [t for t in ADDED_TOKENS if t in tokenizer.get_vocab()]
+    _atomic_json(Path(out) / "special_tokens_map.json", data)
 
 
 def merged_config(folder: Path) -> VisualCLAConfig:
@@ -129,6 +182,59 @@ def load_merged(folder: Path, dtype: torch.dtype | None = None) -> VisualCLAMode
 
 def is_merged(folder: Path) -> bool:
     return (Path(folder) / "text_encoder").is_dir() and (Path(folder) / "connector.safetensors").is_file()
+
+
+# ---- relocatable paths ----------------------------------------------------------------------
+
+PATH_FIELDS = ("vision_name_or_path", "text_name_or_path", "connector_name_or_path")
+"""The config fields that name folders weights are loaded from."""
+
+
+def run_root(stage_dir: Path) -> Path:
+    """The folder that moves together with a stage folder: the run folder (`runs/<name>/` for
+    `runs/<name>/train/<stage>/`), else the stage folder's parent."""
+    stage_dir = Path(stage_dir).resolve()
+    return stage_dir.parent.parent if stage_dir.parent.name == "train" else stage_dir.parent
+
+
+def portable_path(path: str | Path | None, stage_dir: Path) -> str | None:
+    """How a stage folder stores `path`: relative to `stage_dir` if it lies inside the run folder
+    (`run_root`), absolute otherwise (the user's model folders stay where they are)."""
+    if path is None or str(path) == "":
+        return None
+    absolute, stage_dir = Path(path).resolve(), Path(stage_dir).resolve()
+    root = run_root(stage_dir)
+    if absolute == root or root in absolute.parents:
+        return os.path.relpath(absolute, stage_dir)
+    return str(absolute)
+
+
+def resolve_stored(folder: Path, value: str | None) -> str | None:
+    """A path a stage folder stored, as a path to open: relative ones are relative to `folder`
+    (falling back to the current directory, as older versions stored recipe paths as given)."""
+    if not value:
+        return value
+    path = Path(value)
+    if path.is_absolute():
+        return str(path)
+    inside = Path(folder) / path
+    if inside.exists() or not path.exists():
+        return os.path.normpath(inside)
+    return str(path)
+
+
+def stage_base(folder: Path) -> Path | None:
+    """The merged base folder a stage folder names in `stage.json` (resolved), or None."""
+    base = read_stage(folder).get("base")
+    return Path(resolve_stored(folder, base)) if base else None
+
+
+def stage_config(folder: Path) -> VisualCLAConfig:
+    """The stage's `config.json` with its model paths resolved against the folder."""
+    config = VisualCLAConfig.from_pretrained(folder)
+    for name in PATH_FIELDS:
+        setattr(config, name, resolve_stored(folder, getattr(config, name)))
+    return config
 
 
 # ---- stage folders ------------------------------------------------------------------------
@@ -154,11 +260,15 @@ def save_stage(model, out: Path, *, config: VisualCLAConfig, tokenizer, processo
     rest = {n[len(prefix):]: t for n, t in trainable_state(model).items() if n not in lora_names}
     if rest:
         save_file(rest, str(out / NON_LORA), metadata={"format": "pt"})
+    config = copy.deepcopy(config)  # the live model's config keeps its absolute paths
+    for name in PATH_FIELDS:
+        setattr(config, name, portable_path(getattr(config, name), out))
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
     _atomic_json(out / STAGE_FILE, meta)
     del base
+    share_modes(out)
     return out
 
 
@@ -175,11 +285,11 @@ def load_stage(folder: Path, dtype: torch.dtype | None = None, merge: bool = Tru
     check_folder(folder, "stage")
     meta = read_stage(folder)
     if meta.get("init_from"):
-        model = load_stage((folder / meta["init_from"]).resolve(), dtype, merge=True)
+        model = load_stage(Path(resolve_stored(folder, meta["init_from"])), dtype, merge=True)
     elif meta.get("base"):
-        model = load_merged(Path(meta["base"]), dtype)
+        model = load_merged(stage_base(folder), dtype)
     else:
-        config = VisualCLAConfig.from_pretrained(folder)
+        config = stage_config(folder)
         check_model_paths(config)
         model = VisualCLAModel.from_parts(config, dtype=dtype)
     return apply_stage(model, folder, merge=merge)
@@ -215,10 +325,18 @@ def load_for_inference(folder: Path, dtype: torch.dtype | None = None):
     return model, tokenizer, image_processor_from(folder, model.config), template
 
 
+TEMPLATE_FILE = "prompt_template.json"
+"""An export's prompt-template name (`{"template": "visualcla"}`). Not `chat_template.json`:
+transformers reads that name as its own (Jinja) chat-template file."""
+
+
 def _template_from(folder: Path) -> str:
-    file = Path(folder) / "chat_template.json"
-    if file.is_file():
-        return json.loads(file.read_text()).get("template", "visualcla")
+    for name in (TEMPLATE_FILE, "chat_template.json"):  # chat_template.json: exports of older versions
+        file = Path(folder) / name
+        if file.is_file():
+            data = json.loads(file.read_text())
+            if isinstance(data, dict) and isinstance(data.get("template"), str):
+                return data["template"]
     return "visualcla"
 
 

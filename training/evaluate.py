@@ -33,7 +33,7 @@ def normalize(text: str) -> str:
 
 def read_split(split: Path, limit: int | None = None) -> list[dict]:
     items = []
-    with open(split, encoding="utf-8") as f:
+    with open(split, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is not part of line 1
         for line in f:
             if line.strip():
                 items.append(json.loads(line))

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from training.checkpoint import share_modes
 from training.data import Unit, read_unit
 
 
@@ -87,6 +88,7 @@ def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: 
         else:
             out = torch.zeros((len(rows), 1, 1))
         save_file({"features": out.contiguous()}, str(tmp))
+        share_modes(tmp)  # safetensors writes 0600 whatever the umask
         os.replace(tmp, path)
     model.train(was_training)
     return folder

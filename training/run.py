@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from tqdm import tqdm
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import logging as hf_logging
 
 from training.build import (
     build_image_processor, build_model, build_tokenizer_for, model_dtype, prepare_base,
 )
-from training.checkpoint import load_stage, read_stage, save_stage, trainable_state
+from training.checkpoint import load_stage, portable_path, save_stage, share_modes, stage_base, trainable_state
 from training.config import ModelConfig, StageConfig
 from training.data import Collator, ShardStream, StreamConfig, count_rows, read_unit, shard_units, stage_files
 from training.lora import count_parameters, param_groups, setup_stage
@@ -138,7 +139,10 @@ def write_json_atomic(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-def fsync_tree(folder: Path) -> None:
+def seal_tree(folder: Path) -> None:
+    """Ready a staged folder for its rename into place: every file gets the mode open() gives under
+    the umask (safetensors, and so save_pretrained and our checkpoints, write 0600) and is fsynced."""
+    share_modes(folder)
     for f in sorted(folder.rglob("*")):
         if f.is_file():
             with open(f, "rb") as fh:
@@ -173,7 +177,7 @@ def build_base_once(model_cfg: ModelConfig, base_dir: Path, shards_dir: Path, se
     shutil.rmtree(staging, ignore_errors=True)
     try:
         prepare_base(model_cfg, staging, lambda: shard_texts(shards_dir), seed)
-        fsync_tree(staging)
+        seal_tree(staging)
         shutil.rmtree(base_dir, ignore_errors=True)  # a base folder left incomplete by an older version
         os.replace(staging, base_dir)
     except WRITE_ERRORS as err:
@@ -275,7 +279,7 @@ class VisualCLATrainer(Trainer):
             self._staging_dir = None
 
     def _move_into_place(self, staged: Path, target: Path) -> None:
-        fsync_tree(staged)
+        seal_tree(staged)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staged, target)
         shutil.rmtree(staged.parent)
@@ -290,6 +294,61 @@ class VisualCLATrainer(Trainer):
         with torch.no_grad():
             for name, tensor in state.items():
                 params[name].copy_(tensor)
+
+
+class StageProgress(TrainerCallback):
+    """One progress bar per stage (steps, ETA, loss, learning rate) instead of the Trainer's dict
+    printed at every logging step, and every logged dict as a line of `log_path` (JSONL, appended;
+    a resumed run first drops the lines after its checkpoint). World process zero only."""
+
+    def __init__(self, desc: str, log_path: Path) -> None:
+        self.desc, self.log_path = desc, log_path
+        self.bar: tqdm | None = None
+        self.step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            keep_log_until(self.log_path, state.global_step)
+            self.step = state.global_step
+            self.bar = tqdm(total=state.max_steps, initial=self.step, desc=self.desc, unit="step", mininterval=2.0,
+                            dynamic_ncols=True, disable=os.environ.get("VCLA_PROGRESS") == "0")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.step)
+            self.step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": state.global_step, **logs}, default=float) + "\n")
+        if self.bar is not None and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{logs.get('learning_rate', 0):.3g}", refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def keep_log_until(path: Path, step: int) -> None:
+    """Drop the lines of a JSONL log logged after `step` (every line for a run from step 0), and a
+    last line cut short by a kill."""
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text(encoding="utf-8").splitlines(keepends=True) if 0 < _logged_step(ln) <= step]
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"]) if line.endswith("\n") else -1
+    except (ValueError, KeyError, TypeError):
+        return -1
 
 
 class _StopAfter(TrainerCallback):
@@ -366,7 +425,7 @@ def train_stage(
     dtype = model_dtype(model_cfg)
     if init_from is not None:
         init_from = Path(init_from).resolve()
-        model, base = load_stage(init_from, dtype, merge=True), read_stage(init_from).get("base")
+        model, base = load_stage(init_from, dtype, merge=True), stage_base(init_from)
         source = init_from
     elif uses_init(model_cfg):
         base_dir = out_dir.parent / "base"
@@ -427,6 +486,9 @@ def train_stage(
     # 6. train (optimiser groups, schedule, accumulation, precision, checkpoints: the Trainer's)
     trainer = VisualCLATrainer(model=model, args=args, stream=stream, stage_cfg=stage_cfg, train_dataset=stream,
                                callbacks=[_StopAfter(_stop_after)] if _stop_after else None)
+    for printer in (PrinterCallback, ProgressCallback):  # they print a dict per logging step
+        trainer.remove_callback(printer)
+    trainer.add_callback(StageProgress(stage_name, out_dir / "log.jsonl"))
     checkpoint = last_checkpoint(Path(args.output_dir)) if resume else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
@@ -448,8 +510,8 @@ def train_stage(
     if rank == 0:
         meta = {
             "stage": stage_name, "architecture": model_cfg.architecture, "template": stage_cfg.template,
-            "data": stage_cfg.data, "base": base,
-            "init_from": os.path.relpath(init_from, out_dir.resolve()) if init_from else None,
+            "data": stage_cfg.data, "base": portable_path(base, out_dir),  # relative inside the run folder
+            "init_from": portable_path(init_from, out_dir) if init_from else None,
             "trainable": stage_cfg.trainable.model_dump(), "lora": stage_cfg.lora.model_dump(),
             "num_image_tokens": config.num_image_tokens,
         }

@@ -3,7 +3,8 @@
 Wire format (kept small: it is billed). The user message is a JSON array with one item per
 unit: a string for a single segment, an array of strings for a conversation (one per turn,
 in order; roles stay on our side and are re-attached by position). The reply is
-`{"t": [...]}` with the same shape. Parsing is tolerant: code fences, text around the JSON,
+`{"t": [...]}` with the same shape. Parsing is tolerant: reasoning (`<think>...</think>`, or
+apart in `reasoning_content`), code fences, text and notes around the JSON (brackets included),
 a bare array or a differently named key are all accepted.
 
 When a reply cannot be aligned (not JSON, wrong number of items) the request is split in two
@@ -22,7 +23,11 @@ from dataclasses import dataclass, field
 from translators.protocol import Usage
 
 REPLY_KEY = "t"
-_FENCE_RE = re.compile(r"^```[A-Za-z0-9_-]*\s*|\s*```$")
+_JSON_START_RE = re.compile(r"[\[{]")
+_REASONING_TAG = r"(?:think|thinking|reasoning)"
+_REASONING_BLOCK_RE = re.compile(rf"<({_REASONING_TAG})\b[^>]*>.*?</\1\s*>", re.I | re.S)
+_REASONING_OPEN_RE = re.compile(rf"<{_REASONING_TAG}\b[^>]*>", re.I)
+_REASONING_CLOSE_RE = re.compile(rf"</{_REASONING_TAG}\s*>", re.I)
 
 
 class ReplyError(ValueError):
@@ -84,34 +89,104 @@ def encode_units(units: Sequence[Sequence[str]]) -> str:
     return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
 
 
-def decode_reply(content: str | None, shapes: Sequence[int], usage: Usage | None = None) -> list[list[str] | None]:
-    """Align a reply with the units it answers (`shapes[i]` = segments in unit i)."""
-    items = _extract_list(_load_json(content or "", usage), shapes, usage)
-    if len(items) != len(shapes):
-        if len(shapes) == 1 and len(items) == shapes[0] and all(isinstance(x, str) for x in items):
-            items = [items]  # one conversation sent, its turns came back unwrapped
-        else:
-            raise ReplyError("count_mismatch", f"sent {len(shapes)} items, got {len(items)}", usage)
-    return [_unit(item, n) for item, n in zip(items, shapes)]
+def decode_reply(
+    content: str | None, shapes: Sequence[int], usage: Usage | None = None, reasoning: str | None = None
+) -> list[list[str] | None]:
+    """Align a reply with the units it answers (`shapes[i]` = segments in unit i).
+
+    Every JSON object or array in the reply is a candidate; the reply is the one that lines up
+    with the request, preferring one outside the model's reasoning (`<think>...</think>` in
+    `content`, or `reasoning`: the `reasoning_content` vLLM and DeepSeek return apart, where
+    vLLM also leaves the whole answer when its reasoning parser mistakes it for reasoning)."""
+    found = _candidates(content or "", shapes, in_reasoning=False)
+    found += _candidates(reasoning or "", shapes, in_reasoning=True)
+    if not found:
+        raise ReplyError("parse_failed", _no_reply_detail(content, reasoning), usage)
+    best = max(found, key=lambda c: c.rank)
+    if best.aligned is None:
+        raise ReplyError("count_mismatch", f"sent {len(shapes)} items, got {len(best.items)}", usage)
+    return [_unit(item, n) for item, n in zip(best.aligned, shapes)]
 
 
-def _load_json(content: str, usage: Usage | None) -> object:
-    text = _FENCE_RE.sub("", content.strip())
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    end = max(text.rfind("}"), text.rfind("]"))
-    if starts and end > min(starts):
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A JSON value of a reply that holds a translation array."""
+
+    items: list
+    aligned: list | None
+    """`items` one per unit, or None when their number does not match the request."""
+    rank: tuple[bool, bool, bool, int, int]
+    """Higher is likelier the reply: it lines up; it is outside the reasoning; it is the asked-for
+    `{"t": [...]}`; more units are well-formed; it comes later (an answer follows its drafts)."""
+
+
+def _candidates(text: str, shapes: Sequence[int], in_reasoning: bool) -> list[_Candidate]:
+    regions = [] if in_reasoning else reasoning_regions(text)
+    out = []
+    for index, (start, top) in enumerate(_load_json(text)):
+        for value in _reply_like(top):
+            items = _extract_list(value, shapes)
+            if items is None:
+                continue
+            aligned = _align(items, shapes)
+            well_formed = sum(_unit(item, n) is not None for item, n in zip(aligned, shapes)) if aligned else 0
+            outside = not in_reasoning and not _inside(start, regions)
+            keyed = isinstance(value, dict) and isinstance(value.get(REPLY_KEY), list)
+            out.append(_Candidate(items, aligned, (aligned is not None, outside, keyed, well_formed, index)))
+    return out
+
+
+def _reply_like(top: object) -> list[object]:
+    """`top` and every `{"t": [...]}` nested in it (`[{"t": [...]}]`, `{"answer": {"t": [...]}}`)."""
+    found, stack = [top], [top]
+    while stack:
+        value = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, dict) and isinstance(child.get(REPLY_KEY), list):
+                found.append(child)
+            if isinstance(child, (dict, list)):
+                stack.append(child)
+    return found
+
+
+def reasoning_regions(text: str) -> list[tuple[int, int]]:
+    """Where `text` is reasoning, as (start, end): closed `<think>`/`<thinking>`/`<reasoning>`
+    blocks; all before a close tag whose opening tag was in the prompt (DeepSeek-R1 and Qwen3
+    templates open the block themselves); all from an opening tag never closed (cut off)."""
+    regions = [m.span() for m in _REASONING_BLOCK_RE.finditer(text)]
+    stray_closes = [m.end() for m in _REASONING_CLOSE_RE.finditer(text) if not _inside(m.start(), regions)]
+    if stray_closes:
+        regions.append((0, stray_closes[-1]))
+    stray_opens = [m.start() for m in _REASONING_OPEN_RE.finditer(text) if not _inside(m.start(), regions)]
+    if stray_opens:
+        regions.append((stray_opens[0], len(text)))
+    return regions
+
+
+def _inside(pos: int, regions: list[tuple[int, int]]) -> bool:
+    return any(a <= pos < b for a, b in regions)
+
+
+def _load_json(text: str) -> list[tuple[int, object]]:
+    """(start, value) of every JSON object or array in `text` that is not inside another. A
+    bracket that starts no valid JSON (prose, `[sic]`, a fence) is skipped: text around is harmless.
+    Raw newlines and tabs inside strings (local models write them) are accepted: `strict=False`."""
+    decoder = json.JSONDecoder(strict=False)
+    values: list[tuple[int, object]] = []
+    pos = 0
+    while (m := _JSON_START_RE.search(text, pos)) is not None:
         try:
-            return json.loads(text[min(starts) : end + 1])
-        except json.JSONDecodeError:
-            pass
-    raise ReplyError("parse_failed", f"reply is not JSON: {content[:80]!r}", usage)
+            value, pos = decoder.raw_decode(text, m.start())
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: brackets nested too deep
+            pos = m.start() + 1
+            continue
+        values.append((m.start(), value))
+    return values
 
 
-def _extract_list(data: object, shapes: Sequence[int], usage: Usage | None) -> list:
+def _extract_list(data: object, shapes: Sequence[int]) -> list | None:
+    """The translation array of one JSON value, or None when it holds none."""
     if isinstance(data, list):
         return data
     if isinstance(data, dict):
@@ -122,7 +197,24 @@ def _extract_list(data: object, shapes: Sequence[int], usage: Usage | None) -> l
             return lists[0]
         if len(shapes) == 1 and shapes[0] == 1 and len(data) == 1 and isinstance(next(iter(data.values())), str):
             return [next(iter(data.values()))]
-    raise ReplyError("parse_failed", f"no translation array in the reply ({type(data).__name__})", usage)
+    return None
+
+
+def _align(items: list, shapes: Sequence[int]) -> list | None:
+    """`items` as one item per unit, or None when their number does not match."""
+    if len(items) == len(shapes):
+        return items
+    if len(shapes) == 1 and len(items) == shapes[0] and all(isinstance(x, str) for x in items):
+        return [items]  # one conversation sent, its turns came back unwrapped
+    return None
+
+
+def _no_reply_detail(content: str | None, reasoning: str | None) -> str:
+    if content and content.strip():
+        return f"no JSON translation array in the reply: {content[:80]!r}"
+    if reasoning:
+        return f"reply content is empty; its reasoning ({len(reasoning)} chars) holds no translation array"
+    return "reply content is empty"
 
 
 def _unit(item: object, n: int) -> list[str] | None:

@@ -83,3 +83,10 @@ class TranslatorConfig(_Section):
                 "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself"
             )
         return v
+
+
+def unset_api_key_message(env_name: str) -> str:
+    """What to tell a user whose `translator.api_key_env` variable is not set: one text for the
+    backend (openai_backend.py) and `vcla`'s pre-flight."""
+    return (f"translator.api_key_env: environment variable {env_name} is not set; export the API key in it "
+            f"(for a local endpoint without keys any value works, e.g. {env_name}=EMPTY)")

@@ -90,7 +90,7 @@ class ImportReport:
 
 
 class MemoryImportError(ValueError):
-    """A memory file that cannot be imported; the message names the file and line."""
+    """A memory file that cannot be imported; the message names the file and line and what to do."""
 
 
 class MemoryWriteError(OSError):
@@ -267,20 +267,46 @@ def _core_key(text: str) -> str:
 
 
 def _read_exchange(path: Path) -> Iterator[tuple[str, str, str, str]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MemoryImportError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not (isinstance(row, dict) and isinstance(row.get("source"), str) and isinstance(row.get("target"), str)):
-                raise MemoryImportError(
-                    f"{path}:{lineno}: expected an object with string `source` and `target` "
-                    '(exchange format: {"source", "target", "source_lang", "target_lang"})'
-                )
-            yield row["source"], row["target"], str(row.get("source_lang", "en")), str(row.get("target_lang", "zh"))
+    todo = "fix or delete that line and import the file again"
+    for lineno, line in _numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MemoryImportError(f"{path}:{lineno}: not valid JSON ({e.msg}); {todo}") from None
+        if not (isinstance(row, dict) and isinstance(row.get("source"), str) and isinstance(row.get("target"), str)):
+            raise MemoryImportError(
+                f"{path}:{lineno}: expected an object with string `source` and `target` "
+                f'(exchange format: {{"source", "target", "source_lang", "target_lang"}}); {todo}'
+            )
+        yield row["source"], row["target"], str(row.get("source_lang", "en")), str(row.get("target_lang", "zh"))
+
+
+def _text_encoding(path: Path) -> str:
+    """UTF-8, skipping a byte-order mark (Windows tools write one); UTF-16/32 when its mark says so."""
+    with open(path, "rb") as f:
+        encoding = json.detect_encoding(f.read(4))
+    return "utf-8-sig" if encoding == "utf-8" else encoding
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; text that is not in its encoding is a MemoryImportError
+    naming the line (UTF-8) or the last good line (UTF-16/32) and what to do."""
+    encoding = _text_encoding(path)
+    todo = "save the file as UTF-8 (the exchange format's encoding) and import it again"
+    lineno = 0
+    try:
+        with open(path, encoding=encoding, errors="surrogateescape" if encoding == "utf-8-sig" else "strict") as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError as e:  # a byte that is not UTF-8, escaped as a lone surrogate
+                    byte = ord(line[e.start]) - 0xDC00
+                    raise MemoryImportError(f"{path}:{lineno}: not UTF-8 text (byte 0x{byte:02x}); {todo}") from None
+                yield lineno, line
+    except UnicodeDecodeError as e:
+        raise MemoryImportError(f"{path}: after line {lineno}: not {encoding.upper()} text ({e.reason}); {todo}") from None
 
 
 def _sha256(path: Path) -> str:
@@ -296,9 +322,22 @@ def _write_jsonl_atomic(path: Path, rows: list[dict[str, str]]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would hide the export from the group
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask from /proc (os.umask() reads it only by setting it, racing other threads);
+    without /proc, set and restored (0o077 meanwhile: a racing file is never made wider)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, ValueError, StopIteration):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask

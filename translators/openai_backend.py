@@ -5,6 +5,11 @@ The memory is consulted first (base.py); what is missing is packed into requests
 segments (batching.py). Each request holds a `Limits` slot; transient failures (429, 5xx,
 timeouts, dropped connections) are retried here with backoff that honours `Retry-After`, so
 the client's own retries are off. Segments failing QA get one more try with a stricter prompt.
+An endpoint that is not there is not hammered: once a request ends unanswered for a cause that
+says so (`DOWN_CAUSES`) before the endpoint answered anything in this run, or `down_streak`
+requests in a row do after it did, the run stops with a `TranslatorError` naming the endpoint
+and the cause, as it does at once for a rejected key (401), an unknown model (404) or an
+account out of quota (429 `insufficient_quota`).
 Results go into the memory as each batch finishes, so a killed run loses only what was in
 flight. The API key is read from the environment variable the config names; it is never
 logged, and error text from the server is scrubbed of it.
@@ -18,6 +23,7 @@ import os
 import random
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -25,7 +31,7 @@ from translators.base import MemoryFirstTranslator, Missing
 from translators.batching import (
     Reply, ReplyError, RequestFailed, SegmentOutcome, decode_reply, encode_units, pack, send_with_split,
 )
-from translators.config import TranslatorConfig
+from translators.config import TranslatorConfig, unset_api_key_message
 from translators.limits import Limits, RetryPolicy, parse_retry_after
 from translators.memory import TranslationMemory
 from translators.placeholders import restore
@@ -37,6 +43,12 @@ log = logging.getLogger(__name__)
 
 _FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 _REPLY_REASONS = {"parse_failed", "count_mismatch"}
+DOWN_CAUSES = frozenset({"connection_error", "timeout", "http_502", "http_503", "http_504"})
+"""Causes that say the endpoint (or the server behind its gateway) is not there, not that the
+request was bad: no connection, no answer in time, a gateway with nothing behind it."""
+MIN_DOWN_STREAK = 3
+"""After some answers, this many requests in a row (or `concurrency`, if more) ending for a
+`DOWN_CAUSES` cause mean the endpoint went away; fewer may be a blip outlasting one's retries."""
 
 
 class OpenAITranslator(MemoryFirstTranslator):
@@ -55,10 +67,7 @@ class OpenAITranslator(MemoryFirstTranslator):
             )
         key = os.environ.get(config.api_key_env, "")
         if not key:
-            raise TranslatorError(
-                f"translator.api_key_env: environment variable {config.api_key_env} is not set; export the API key "
-                f"in it (for a local endpoint without keys any value works, e.g. {config.api_key_env}=EMPTY)"
-            )
+            raise TranslatorError(unset_api_key_message(config.api_key_env))
         self._secret = key
         self._client = client or openai.AsyncOpenAI(
             api_key=key, base_url=config.base_url, max_retries=0, timeout=config.timeout_s
@@ -69,6 +78,13 @@ class OpenAITranslator(MemoryFirstTranslator):
         )
         self._json_mode = config.json_mode
         self._rng = rng or random.Random()
+        self.down_streak = max(MIN_DOWN_STREAK, config.concurrency)
+        self._stopped: str | None = None
+        """Why this run cannot go on (`_stop`); set, nothing more is sent."""
+        self._heard = False
+        """Whether the endpoint itself answered anything yet (a translation, or an error of its own)."""
+        self._unanswered = 0
+        """Requests in a row that ended for a `DOWN_CAUSES` cause since it last answered."""
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -128,6 +144,8 @@ class OpenAITranslator(MemoryFirstTranslator):
             args: dict[str, Any] = {}
             try:
                 async with self.limits.slot(estimate):
+                    if self._stopped is not None:
+                        raise TranslatorError(self._stopped)
                     args = self._request_args(messages)  # built once a slot is free: JSON mode may be off by then
                     self.stats.count("requests")
                     response = await self._client.chat.completions.create(**args)
@@ -135,12 +153,15 @@ class OpenAITranslator(MemoryFirstTranslator):
                 await asyncio.sleep(self._after_error(e, attempt, sent_json_mode="response_format" in args))
                 attempt += 1
                 continue
+            self.stats.count("requests_answered")
+            self._alive()
             usage = _usage(response)
             self.limits.settle(estimate, usage.total)
             self.stats.add_usage(self.model, usage)
-            content = response.choices[0].message.content if response.choices else None
+            message = response.choices[0].message if response.choices else None
+            content, reasoning = (message.content, _reasoning(message)) if message else (None, None)
             try:
-                return Reply(decode_reply(content, [len(u) for u in units], usage), usage)
+                return Reply(decode_reply(content, [len(u) for u in units], usage, reasoning), usage)
             except ReplyError as e:
                 self.stats.count("reply_errors")
                 log.info("reply for %d segments not usable (%s); splitting", len(texts), e.reason)
@@ -161,6 +182,8 @@ class OpenAITranslator(MemoryFirstTranslator):
         already in flight with it (sent before the switch) are resent too, not failed."""
         status = getattr(e, "status_code", None)
         message = self._redact(str(e.message))
+        if status is not None and _reason(e, status) not in DOWN_CAUSES:
+            self._alive()  # an error of the endpoint's own: it is there
         if isinstance(e, openai.BadRequestError) and sent_json_mode and "response_format" in message.lower():
             if self._json_mode:
                 self._json_mode = False
@@ -168,20 +191,27 @@ class OpenAITranslator(MemoryFirstTranslator):
                 log.warning("endpoint rejects JSON mode (%s); continuing without it", message[:200])
             return 0.0
         if isinstance(e, _FATAL):
-            raise TranslatorError(
-                f"{self.config.base_url or 'https://api.openai.com/v1'}: HTTP {status} for model {self.model!r}: "
+            raise self._stop(
+                f"{self.endpoint}: HTTP {status} for model {self.model!r}: "
                 f"{message[:300]}. Check translator.base_url, translator.model and the key in "
                 f"${self.config.api_key_env}."
+            ) from None
+        if isinstance(e, openai.RateLimitError) and getattr(e, "code", None) == "insufficient_quota":
+            raise self._stop(
+                f"{self.endpoint}: HTTP 429 insufficient_quota for model {self.model!r}: {message[:300]}. The "
+                f"account of the key in ${self.config.api_key_env} has no quota left (not a rate limit: waiting "
+                "does not help); add credit or use another key, then run the same command again: only what is "
+                "still missing is sent."
             ) from None
         reason = _reason(e, status)
         retryable = isinstance(e, openai.APIConnectionError) or status in (408, 409, 429) or (status or 0) >= 500
         if not retryable:
-            raise RequestFailed(reason, message[:300])
+            raise self._gave_up(reason, message[:300])
         retry_after = parse_retry_after(e.response.headers) if isinstance(e, openai.APIStatusError) else None
         if retry_after is not None and retry_after > self.policy.max_retry_after_s:
-            raise RequestFailed(reason, f"Retry-After {retry_after:.0f}s exceeds translator.max_retry_after_s")
+            raise self._gave_up(reason, f"Retry-After {retry_after:.0f}s exceeds translator.max_retry_after_s")
         if attempt >= self.policy.max_retries:
-            raise RequestFailed(reason, f"gave up after {attempt + 1} attempts: {message[:200]}")
+            raise self._gave_up(reason, f"gave up after {attempt + 1} attempts: {message[:200]}")
         delay = self.policy.delay(attempt, retry_after, self._rng)
         if status == 429:
             self.limits.cool_down(delay)
@@ -192,11 +222,50 @@ class OpenAITranslator(MemoryFirstTranslator):
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
+    @property
+    def endpoint(self) -> str:
+        """The base URL for messages: the OpenAI default when unset; never user:password or a query."""
+        return scrub_url(self.config.base_url or "https://api.openai.com/v1")
+
+    def _stop(self, why: str) -> TranslatorError:
+        """The error that ends the run; requests waiting for a slot are not sent after it."""
+        self._stopped = why
+        return TranslatorError(why)
+
+    def _alive(self) -> None:
+        self._heard, self._unanswered = True, 0
+
+    def _gave_up(self, cause: str, detail: str) -> RequestFailed:
+        """The RequestFailed for a request that ends unanswered here, or a TranslatorError when
+        the endpoint looks gone: nothing more is sent then (see `DOWN_CAUSES`)."""
+        self.stats.failed_requests[cause] += 1
+        if cause not in DOWN_CAUSES:
+            return RequestFailed(cause, detail)
+        self._unanswered += 1
+        if self._heard and self._unanswered < self.down_streak:
+            return RequestFailed(cause, detail)
+        answered = self.stats.counts["requests_answered"]
+        what = ("no request of this run got an answer" if not self._heard else
+                f"it stopped answering: the last {self._unanswered} requests got none, after {answered} that did")
+        raise self._stop(
+            f"endpoint {self.endpoint} (model {self.model!r}) is unreachable: {what} ({cause}: {detail[:200]}). "
+            "Nothing more is sent; every translation received is kept in the translation memory. Check "
+            "translator.base_url and that the server is up (for timeouts: translator.timeout_s), then run the "
+            "same command again: only what is still missing is sent."
+        ) from None
+
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:
     """A TaskGroup wraps what its tasks raised; callers want the error itself (the first one)."""
     first = group.exceptions[0]
     return _first_cause(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def scrub_url(url: str) -> str:
+    """`url` without user:password@, query or fragment: what may appear in a message or a log."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else host + parts.path
 
 
 def _reason(e: openai.APIError, status: int | None) -> str:
@@ -212,6 +281,16 @@ def _usage(response: Any) -> Usage:
     if u is None:
         return Usage()
     return Usage(int(u.prompt_tokens or 0), int(u.completion_tokens or 0))
+
+
+def _reasoning(message: Any) -> str | None:
+    """The reasoning an endpoint returns beside `content`: `reasoning_content` (vLLM, DeepSeek)
+    or `reasoning` (newer vLLM, OpenRouter); the client keeps such extra fields as attributes."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(message, name, None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
 
 
 def _estimate_tokens(text: str) -> int:

@@ -1,5 +1,5 @@
-"""Protect what a translation must not touch: `<image>` and other placeholders, URLs, e-mails,
-numbers, code spans, LaTeX and bounding boxes.
+"""Protect what a translation must not touch: `<image>` and other placeholders, markup tags,
+format fields, URLs, e-mails, numbers, code spans, LaTeX and bounding boxes.
 
 Each protected span becomes a mask token `⟦i⟧` before the text is sent and is put back
 verbatim afterwards. Placeholders at the very start or end of a segment (`<image>\\n...`, the
@@ -12,6 +12,13 @@ common case) are not sent at all: they are peeled off and re-attached, so they c
 `spans()` finds the same spans in any text, so QA compares source and translation with it
 whether the translation came back from a model (masked) or from memory (never masked).
 Text that already looks like a mask token is itself protected, so it survives unchanged.
+
+A tag is protected whole, attributes and all (`<img src="a.png" alt="cat"/>`, `<a href="x">`,
+`<br/>`, `<!-- note -->`): a model would translate the attribute values and names otherwise;
+so is an HTML entity (`&amp;`, `&#39;`), which a model would decode.
+A number is masked whole (`3.5`, `1,000`, `10:30`, `50%`) when it stands alone. One glued to
+letters (`10cm`, `3.5kg`, `1st`, `4K`, `A380`) is part of a word the model must see to translate
+it (`10厘米`, `第1`), so it is left in the text; QA checks that its digits survive either way.
 """
 
 from __future__ import annotations
@@ -21,25 +28,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-SpanKind = Literal["mask", "code", "latex", "url", "email", "bbox", "placeholder", "number"]
+SpanKind = Literal["mask", "code", "latex", "url", "email", "bbox", "tag", "entity", "placeholder", "number"]
 
 _URL_CHARS = r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]"
 _URL_END = r"[A-Za-z0-9\-_~/#=&%+]"
 _NUM = r"-?\d*\.?\d+"
+_ATTR = r"""\s+[^\s<>"'=/]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s<>"'=`]+))?"""
+_FORMAT_FIELD = (r"\{\{\s*[\w.]+\s*\}\}"  # {{name}}
+                 r"|\{[A-Za-z0-9_]*(?:\.[A-Za-z_]\w*|\[\w+\])*(?:![rsa])?(?::[^{}\s]*)?\}"  # {} {0} {name!r:>8}
+                 r"|%(?:\(\w+\)|\d+\$)?[-+#0]*(?:\d+|\*)?(?:\.\d+)?[sdifFeEgGxXoc](?![A-Za-z0-9_])")  # %s %(n)d %.2f
 
 # ASCII look-arounds, not \b: in Chinese text a URL touches CJK characters, which are \w.
 # Order is priority: at one position the first alternative that matches wins, and positions
 # inside a match are never looked at again (so a URL's digits are not numbers).
 _PATTERNS: list[tuple[SpanKind, str]] = [
     ("mask", r"⟦\s*\d+\s*⟧"),
-    ("code", r"```.*?```|`[^`\n]+`"),
+    ("code", r"```.*?```|``[^\n]+?``|`[^`\n]+`"),
     ("latex", r"\$\$.+?\$\$|\\\(.+?\\\)|\\\[.+?\\\]|\$(?!\s)[^$\n]+?(?<!\s)\$(?!\d)"),
-    ("url", rf"(?<![A-Za-z0-9])(?:https?|ftp)://{_URL_CHARS}*{_URL_END}"
-            rf"|(?<![A-Za-z0-9.])www\.[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?:/{_URL_CHARS}*{_URL_END})?"),
+    ("url", rf"(?<![A-Za-z0-9])(?i:https?|ftp)://{_URL_CHARS}*{_URL_END}"
+            rf"|(?<![A-Za-z0-9.])(?i:www)\.[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?:/{_URL_CHARS}*{_URL_END})?"),
     ("email", r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z])"),
     ("bbox", rf"\[\s*{_NUM}\s*(?:,\s*{_NUM}\s*){{3}}\]|\(\s*\d+\s*,\s*\d+\s*\)\s*,\s*\(\s*\d+\s*,\s*\d+\s*\)"),
-    ("placeholder", r"</?[A-Za-z_][A-Za-z0-9_\-]*>|\{[A-Za-z0-9_]+\}"),  # <image>, </ref>, {name}
-    ("number", r"(?<![A-Za-z0-9_.])-?\d+(?:[.,:]\d+)*%?(?![A-Za-z0-9_])"),
+    # a tag with attributes (one `=` at least: `x<y and y>z` is no tag) or self-closing, a comment,
+    # a declaration: `<a href="x">`, `<br/>`, `<!-- -->`, `<!DOCTYPE html>`
+    ("tag", rf"<[A-Za-z][\w:.-]*(?=[^<>]*=)(?:{_ATTR})+\s*/?>|<[A-Za-z][\w:.-]*(?:{_ATTR})*\s*/>"
+            r"|<!--.*?-->|<![A-Za-z][^<>]*>"),
+    ("entity", r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});"),  # &amp; &#39; &#x27;
+    ("placeholder", rf"</?[A-Za-z_][A-Za-z0-9_\-]*>|{_FORMAT_FIELD}"),  # <image>, </ref>, {name}, %s
+    # atomic: `3.5kg` must not give up `.5kg` and mask the `3` alone
+    ("number", r"(?<![A-Za-z0-9_.])(?>-?\d+(?:[.,:]\d+)*%?)(?![A-Za-z0-9_])"),
 ]
 _SPAN_RE = re.compile(
     "|".join(f"(?P<{kind}>{pattern})" for kind, pattern in _PATTERNS), re.DOTALL

@@ -2,10 +2,15 @@
 
 Checks (reason codes in brackets):
 - the output is there and is not a refusal or a note about the task [`empty`, `refusal`, `meta_text`]
-- protected spans survive exactly: none lost, doubled, invented or moved [`mask_lost`,
-  `mask_duplicated`, `mask_added`, `mask_moved`]; numbers are the same numbers [`numbers_changed`]
+- protected spans (placeholders, tags by their exact text, URLs, code...) survive exactly: none
+  lost, doubled, invented or moved [`mask_lost`, `mask_duplicated`, `mask_added`, `mask_moved`];
+  numbers are the same numbers however written (`10cm` -> `10厘米`, `1,000` -> `1000`, `1st` ->
+  `第一`; translators/numbers.py) [`numbers_changed`]
 - it is translated: not an echo, enough CJK characters, no English sentence left
-  [`untranslated`, `cjk_ratio`, `english_left`] (CJK targets only)
+  [`untranslated`, `cjk_ratio`, `english_left`] (CJK targets only). Names and codes a translation
+  may keep as they are (`OK`, `TV`, `iPhone`, `A380`: written as no ordinary word is) do not count
+  as English left; a segment with nothing else (`OK.` -> `OK。`) may stay as it is, but must not
+  gain English.
 - its length is plausible [`length_ratio`]; a one-word VQA answer stays short [`short_answer_too_long`]
 - it is not wrapped in quotes the source did not have [`quoted`]
 - glossary terms found in the source appear as their given translation [`glossary`]
@@ -18,16 +23,20 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from translators.config import QAConfig
+from translators.numbers import compare as compare_numbers
 from translators.placeholders import MASK_RE, Span, iter_spans
 from translators.protocol import SegmentKind, Verdict
 
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 _LATIN_RE = re.compile(r"[A-Za-z]")
 _ENGLISH_RUN_RE = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*(?:[\s,;:]+[A-Za-z]+(?:['’-][A-Za-z]+)*){3,}")
-_PROPER_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.&'+-]*")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9]+(?:[-.&'+][A-Za-z0-9]+)*\+*")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_ORDERED_KINDS = {"placeholder", "tag"}
 _QUOTES = {'"': '"', "“": "”", "「": "」", "『": "』", "'": "'", "‘": "’"}
 _MIN_CHARS_FOR_LENGTH_RATIO = 12
 
@@ -71,7 +80,7 @@ def check(source: str, translation: str | None, rules: QARules, kind: SegmentKin
     found: list[tuple[str, str]] = []
     found += _markers(source, translation)
     found += _span_problems(src, dst)
-    if rules.cjk_target and not (kind == "short_answer" and _proper_token_kept(source, translation)):
+    if rules.cjk_target:
         found += _untranslated(src, dst, rules)
     found += _length(src, dst, rules, kind)
     found += _quoted(source, translation)
@@ -90,17 +99,26 @@ class _Parsed:
     text: str
     spans: tuple[tuple[int, int, Span], ...]
     plain: str
+    """The text without any protected span."""
+    prose: str
+    """The text without the spans compared exactly (URLs, code...): where numbers are compared."""
 
     @classmethod
     def of(cls, text: str) -> "_Parsed":
         found = tuple(iter_spans(text))
-        out, pos = [], 0
-        for start, end, _ in found:
-            out.append(text[pos:start])
-            out.append(" ")
+        plain, prose = _blank(text, found, lambda s: True), _blank(text, found, lambda s: s.kind != "number")
+        return cls(text, found, MASK_RE.sub(" ", plain), MASK_RE.sub(" ", prose))
+
+
+def _blank(text: str, found: tuple[tuple[int, int, Span], ...], which: Callable[[Span], bool]) -> str:
+    """`text` with each span `which` accepts replaced by a space."""
+    out, pos = [], 0
+    for start, end, span in found:
+        if which(span):
+            out += [text[pos:start], " "]
             pos = end
-        out.append(text[pos:])
-        return cls(text, found, MASK_RE.sub(" ", "".join(out)))
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _markers(source: str, translation: str) -> list[tuple[str, str]]:
@@ -123,35 +141,40 @@ def _span_problems(src: _Parsed, dst: _Parsed) -> list[tuple[str, str]]:
             out.append(("mask_lost", label))
         elif have > want:
             out.append(("mask_duplicated" if want else "mask_added", label))
-    if _numbers(src) != _numbers(dst):
-        out.append(("numbers_changed", f"{sorted(_numbers(src).elements())} -> {sorted(_numbers(dst).elements())}"))
+    lost, added = compare_numbers(src.prose, dst.prose)
+    if lost or added:
+        out.append(("numbers_changed", f"lost {lost}, added {added}"))
     if not out and _placeholder_layout(src) != _placeholder_layout(dst):
         out.append(("mask_moved", f"placeholders {_placeholder_layout(src)} -> {_placeholder_layout(dst)}"))
     return out
 
 
-def _numbers(parsed: _Parsed) -> Counter:
-    return Counter(s.value.replace(",", "") for _, _, s in parsed.spans if s.kind == "number")
-
-
 def _placeholder_layout(parsed: _Parsed) -> tuple[bool, tuple[str, ...], bool]:
-    """(starts with a placeholder, their order, ends with one): what `mask_moved` compares."""
+    """(starts with a placeholder, the order of placeholders and tags, ends with a placeholder):
+    what `mask_moved` compares. Only placeholders (`<image>`) are tied to the edges: inline markup
+    (`<a href="x">here</a> to see` -> `点击<a href="x">这里</a>查看`) moves with the words."""
     text = parsed.text
-    found = [(start, end, s.value) for start, end, s in parsed.spans if s.kind == "placeholder"]
-    starts = bool(found) and found[0][0] == len(text) - len(text.lstrip())
-    ends = bool(found) and found[-1][1] == len(text.rstrip())
-    return starts, tuple(v for _, _, v in found), ends
+    found = [(start, end, s) for start, end, s in parsed.spans if s.kind in _ORDERED_KINDS]
+    edges = [(start, end) for start, end, s in found if s.kind == "placeholder"]
+    starts = bool(edges) and edges[0][0] == len(text) - len(text.lstrip())
+    ends = bool(edges) and edges[-1][1] == len(text.rstrip())
+    return starts, tuple(s.value for _, _, s in found), ends
 
 
 def _untranslated(src: _Parsed, dst: _Parsed, rules: QARules) -> list[tuple[str, str]]:
-    if " ".join(src.text.split()).lower() == " ".join(dst.text.split()).lower():
+    """The CJK share is taken over the letters a translation should have translated: names and
+    codes kept from the source are left out, and so are glossary targets."""
+    kept = _kept_tokens(src.plain)
+    to_translate = bool(_WORD_RE.search(_without(src.plain, kept)))
+    if to_translate and " ".join(src.text.split()).lower() == " ".join(dst.text.split()).lower():
         return [("untranslated", "translation equals the source")]
-    plain = dst.plain
+    plain = _without(dst.plain, kept)
     for target in rules.glossary.values():
         plain = plain.replace(target, " ")
     cjk, latin = len(_CJK_RE.findall(plain)), len(_LATIN_RE.findall(plain))
     out = []
-    if cjk + latin == 0 or cjk / (cjk + latin) < rules.min_cjk_ratio:
+    # nothing left to judge is a failure only where the source had something to translate
+    if (to_translate or latin) and (cjk + latin == 0 or cjk / (cjk + latin) < rules.min_cjk_ratio):
         share = cjk / (cjk + latin) if cjk + latin else 0.0
         out.append(("cjk_ratio", f"CJK share {share:.2f} < {rules.min_cjk_ratio}"))
     m = _ENGLISH_RUN_RE.search(plain)
@@ -160,12 +183,31 @@ def _untranslated(src: _Parsed, dst: _Parsed, rules: QARules) -> list[tuple[str,
     return out
 
 
-def _proper_token_kept(source: str, translation: str) -> bool:
-    """A one-token answer like `TV`, `iPhone`, `A380` may stay as it is."""
-    s = source.strip()
-    if not _PROPER_TOKEN_RE.fullmatch(s) or translation.strip() != s:
-        return False
-    return s.isupper() or any(c.isupper() for c in s[1:]) or any(c.isdigit() for c in s)
+def _kept_tokens(text: str) -> set[str]:
+    """Tokens of a source its translation may keep as they are: names and codes, written as no
+    ordinary word is: with a digit (`A380`, `GPT-4`, `10cm`), in mixed case (`iPhone`, `PlayStation`),
+    or in capitals (`TV`, `OK`) where the text is not all capitals (`WHAT IS THIS` is shouting)."""
+    tokens = _TOKEN_RE.findall(text)
+    not_shouting = text != text.upper() or len(tokens) == 1
+    kept = set()
+    for tok in tokens:
+        if len(tok) < 2 or tok.isdigit() or (tok.isalpha() and (tok.islower() or tok.istitle())):
+            continue  # a number, or an ordinary word: `cat`, `The`
+        if not tok.isalpha() and any(c.isdigit() for c in tok) and any(c.isalpha() for c in tok):
+            kept.add(tok)  # A380, GPT-4, 10cm
+        elif tok.isupper():
+            if not_shouting:
+                kept.add(tok)  # TV, OK
+        elif any(c.isupper() for c in tok[1:]):
+            kept.add(tok)  # iPhone, PlayStation, McDonald's
+    return kept
+
+
+def _without(text: str, tokens: set[str]) -> str:
+    """`text` with every whole occurrence of `tokens` blanked."""
+    for tok in sorted(tokens, key=len, reverse=True):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(tok)}(?![A-Za-z0-9])", " ", text)
+    return text
 
 
 def _length(src: _Parsed, dst: _Parsed, rules: QARules, kind: SegmentKind) -> list[tuple[str, str]]:

@@ -20,6 +20,9 @@ class TranslatorReport:
     requests, retries, reply_errors, strict_retries, json_mode_disabled."""
     failed: Counter = field(default_factory=Counter)
     """Unique segments that ended without a usable translation, by reason."""
+    failed_requests: Counter = field(default_factory=Counter)
+    """Requests that ended without an answer after their retries, by cause (`connection_error`,
+    `timeout`, `http_500`...); `counts["requests_answered"]` counts those that got one."""
     usage: dict[str, Usage] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -37,6 +40,7 @@ class TranslatorReport:
         out: dict[str, Any] = {name: 0 for name in ALWAYS_REPORTED}
         out.update(self.counts)
         out.update({f"failed_{reason}": n for reason, n in self.failed.items()})
+        out.update({f"requests_failed_{cause}": n for cause, n in self.failed_requests.items()})
         for model, u in self.usage.items():
             out[f"prompt_tokens[{model}]"] = u.prompt_tokens
             out[f"completion_tokens[{model}]"] = u.completion_tokens

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pipelines.demo import alpaca, texts
 from pipelines.demo.scenes import Scene, draw_scene, sample_scene
 from pipelines.demo.texts import Pair, VQAItem
-from pipelines.io import sha256_file
+from pipelines.io import sha256_file, share_tree
 from pipelines.recipe import DemoConfig
 
 GENERATOR_VERSION = 2
@@ -61,6 +61,7 @@ def generate_demo(out_dir: str | Path, settings: DemoConfig | None = None) -> di
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
     try:
         manifest = _write_corpus(staging, out_dir, settings)
+        share_tree(staging)  # mkdtemp made it 0700, safetensors writes 0600: readable as the umask says
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

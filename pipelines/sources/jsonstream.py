@@ -9,12 +9,16 @@ is bounded by the largest single item, not the file.
     for index, item in iter_json_array(path, key="questions"):  # {"questions": [...], ...}
     for key, value in iter_json_object(path):                 # {"id": {...}, ...} (GQA)
 
-Text is decoded as UTF-8 with `surrogateescape`: a bad byte does not stop the file, it
-reaches the record as a lone surrogate and validation rejects that record (`invalid_utf8`).
+Text is UTF-8 unless the file says otherwise: a byte-order mark (files saved by Windows tools:
+UTF-8 with BOM, UTF-16, UTF-32) or, without one, the NUL bytes UTF-16/32 put around a leading
+ASCII character (RFC 4627's detection) choose the codec, and the mark is not part of the text.
+A bad byte does not stop the file: it reaches the record as a lone surrogate and validation
+rejects that record (`invalid_utf8`).
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 from collections.abc import Iterator
@@ -38,12 +42,36 @@ class JsonStreamError(ValueError):
         self.reason = message
 
 
+BOM = "\ufeff"
+ESCAPE_ERRORS = "vcla.escape"
+"""Decode-error handler: each undecodable byte b becomes the lone surrogate U+DC00+b, as
+`surrogateescape` does for UTF-8, but for every codec (a UTF-16 file's odd last byte too)."""
+
+
+def _escape_bytes(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    return "".join(chr(0xDC00 + b) for b in err.object[err.start:err.end]), err.end
+
+
+codecs.register_error(ESCAPE_ERRORS, _escape_bytes)
+
+
 def open_text(path: str | Path) -> IO[str]:
-    """Open UTF-8 text (gzip if the name ends in .gz); bad bytes become lone surrogates."""
+    """Open text (gzip if the name ends in .gz) in the encoding `sniff_encoding` finds, its
+    byte-order mark skipped; bad bytes become lone surrogates."""
     path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
-    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as raw:
+        encoding = sniff_encoding(raw.read(4))
+    return opener(path, "rt", encoding=encoding, errors=ESCAPE_ERRORS, newline="")
+
+
+def sniff_encoding(head: bytes) -> str:
+    """The codec for a file starting with `head` (its first 4 bytes): "utf-8-sig" (UTF-8, with or
+    without a BOM), "utf-16"/"utf-32" (BOM), "utf-16-le" etc. (no BOM, NUL-padded ASCII start)."""
+    encoding = json.detect_encoding(head)
+    return "utf-8-sig" if encoding == "utf-8" else encoding
 
 
 class JsonStream:
@@ -203,14 +231,15 @@ def iter_json_object(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any | JsonStreamError]]:
-    """Stream (line number, value) from JSONL; a bad line yields its error, not raises."""
+    """Stream (line number, value) from JSONL; a bad line yields its error, not raises. A BOM at
+    the start of a line (files with one concatenated) is skipped like the file's own."""
     name = str(path)
     with open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                value: Any = json.loads(line)
+                value: Any = json.loads(line.lstrip(BOM))
             except json.JSONDecodeError as err:
                 value = JsonStreamError(f"invalid JSON: {err.msg}", f"{name}:{lineno}")
             except RecursionError:

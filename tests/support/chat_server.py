@@ -22,6 +22,8 @@ from the server's seeded RNG, so a run is repeatable):
 `reject_json_mode=True` makes it answer 400 to `response_format`, like endpoints without JSON mode.
 `echo_auth=True` makes every error body repeat the request's Authorization header, as a careless
 proxy might, so tests can check that the client never shows it.
+`reply_as(content) -> dict` rewrites each answer's message fields, e.g. to answer as a reasoning
+model does (`<think>...</think>` before the JSON, or the JSON in `reasoning_content`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
@@ -122,8 +125,10 @@ class ChatServer:
         reject_json_mode: bool = False,
         echo_auth: bool = False,
         seed: int = 0,
+        reply_as: Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.reply_as = reply_as
         self.latency_s = latency_s
         self.dictionary = dict(DICTIONARY if dictionary is None else dictionary)
         self.hang_s = hang_s
@@ -267,7 +272,8 @@ class ChatServer:
 
     def _completion(self, body: dict, messages: list[dict], content: str, n_segments: int) -> tuple[int, dict, bytes]:
         prompt = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-        completion = count_tokens(content)
+        message = {"role": "assistant", "content": content, **(self.reply_as(content) if self.reply_as else {})}
+        completion = count_tokens("".join(v for k, v in message.items() if k != "role" and isinstance(v, str)))
         with self._lock:
             self.stats.ok += 1
             self.stats.prompt_tokens += prompt
@@ -277,7 +283,7 @@ class ChatServer:
         reply = {
             "id": f"chatcmpl-{self.stats.requests}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "test-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
         }
         return 200, {}, json.dumps(reply, ensure_ascii=False).encode("utf-8")
