@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/vcla build-and-train
 	$(BIN)/vcla export --format llava-hf
 	$(BIN)/python -m training.export check runs/demo/train/stage2 runs/demo/export/stage2-llava-hf \
-		--image runs/demo/demo-data/images/003000.jpg --text "菱形是什么颜色？"
+		--image runs/demo/demo-data/images/003000.jpg --text "$$(printf '菱形是什么颜色？\n请用一个词或短语回答。')"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup

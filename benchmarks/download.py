@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipelines.download import img2dataset_args, run_download  # noqa: E402
+from pipelines.steps.download.download import img2dataset_args, run_download  # noqa: E402
 from pipelines.recipe import Recipe  # noqa: E402
 from support.image_server import ImageServer, Route, noisy_jpeg  # noqa: E402
 

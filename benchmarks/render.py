@@ -92,7 +92,7 @@ def _recipe():
 
 
 def child_ours(corpus: Path, out: Path) -> dict:
-    from pipelines.render import run_render
+    from pipelines.steps.render.render import run_render
 
     start = time.perf_counter()
     stats = run_render(_recipe(), corpus, out)
@@ -102,9 +102,9 @@ def child_ours(corpus: Path, out: Path) -> dict:
 def child_baseline(corpus: Path, out: Path) -> dict:
     import pandas as pd
 
-    from pipelines.render import HIDDEN_COLUMNS, ImageLoader, RowBuilder, read_records
-    from pipelines.rejects import RejectWriter
-    from pipelines.stats import StageStats
+    from pipelines.steps.render.render import HIDDEN_COLUMNS, ImageLoader, RowBuilder, read_records
+    from pipelines.core.rejects import RejectWriter
+    from pipelines.core.stats import StepStats
     from templates.instructions import HintPolicy
     from templates.registry import get_template
 
@@ -113,7 +113,7 @@ def child_baseline(corpus: Path, out: Path) -> dict:
     builder = RowBuilder(get_template(cfg.pretrain_template), get_template(cfg.sft_template),
                          HintPolicy(cfg.vqa_hint, cfg.vqa_hint_max_chars), ImageLoader(corpus))
     rows = []
-    with RejectWriter(out / "rejected", "render", StageStats("render")) as rejects:
+    with RejectWriter(out / "rejected", "render", StepStats("render")) as rejects:
         for order, (record, loc) in enumerate(read_records(sorted((corpus / "records").glob("*.jsonl")), rejects)):
             row = builder.build(record, loc, order)
             for name in HIDDEN_COLUMNS:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from training.config import ModelConfig, StageConfig  # noqa: E402
 from training.flops import training_flops  # noqa: E402
 from training.run import train_stage  # noqa: E402
-from training.synthetic import write_shards  # noqa: E402
+from training.synthetic import write_synthetic_shards  # noqa: E402
 
 MODEL = {
     "architecture": "llava",
@@ -78,14 +78,14 @@ def base_parts(base: Path):
 
 def llava_baseline(shards: Path, base: Path) -> dict:
     """The same model as a LlavaForConditionalGeneration, plain padding, a hand loop."""
-    from training.data import encode_turns, read_unit, shard_units, stage_files
+    from training.data import encode_turns, read_unit, shard_units, subset_files
     from training.export import to_llava
 
     tok, ours, collator = base_parts(base)
     model = to_llava(ours).train()
     model.model.vision_tower.requires_grad_(False)
     n = ours.config.num_image_tokens
-    rows = [r for u in shard_units(stage_files(shards, "sft")) for r in read_unit(u)]
+    rows = [r for u in shard_units(subset_files(shards, "sft")) for r in read_unit(u)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     samples = tokens = padding = total = 0
     start = time.perf_counter()
@@ -115,13 +115,13 @@ def step_breakdown(model_cfg: ModelConfig, stage_over: dict, shards: Path, base:
     """Milliseconds per stage-1 step spent in data, forward and backward, live and from the cache
     (a hand loop over the stage's own batches). `bound` = the live step over the cached forward +
     backward: the most a cache can gain when the rest of the cached step costs nothing."""
-    from training.data import ShardStream, StreamConfig, shard_units, stage_files
+    from training.data import ShardStream, StreamConfig, shard_units, subset_files
     from training.features import LEVELS, build_feature_cache, cache_level
     from training.lora import setup_stage
 
     st = stage(**stage_over)
     tok, model, collator = base_parts(base)
-    units, level = shard_units(stage_files(shards, "pretrain")), cache_level(st.trainable)
+    units, level = shard_units(subset_files(shards, "pretrain")), cache_level(st.trainable)
     cache = build_feature_cache(model, units, collator, base.parent / f"breakdown-cache-{level}", level=level)
     model = setup_stage(model, st.trainable, st.lora).train()
     out = {}
@@ -203,7 +203,7 @@ def gpu_benchmark(smoke: bool, steps: int) -> dict:
             "trainable": {"vision": "frozen", "connector": "full", "projection": "full", "llm": "full"}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shards = write_shards(tmp / "render", num_images=64 if smoke else 2048, row_group_rows=64)
+        shards = write_synthetic_shards(tmp / "render", num_images=64 if smoke else 2048, row_group_rows=64)
         a, b = (train_stage(cfg, f"gpu{n}", stage(**over, max_steps=n), shards, tmp / f"r{n}" / "train" / "s")
                 for n in (n1, n2))
     diff = {k: b[k] - a[k] for k in ("train_runtime", "steps", "samples", "tokens", "trained_tokens", "images")}
@@ -245,7 +245,7 @@ def main() -> None:
     cfg, ziya_cfg = ModelConfig(**MODEL), ModelConfig(**ZIYA)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shards = write_shards(tmp / "render", num_images=args.images, row_group_rows=64)
+        shards = write_synthetic_shards(tmp / "render", num_images=args.images, row_group_rows=64)
 
         def ours(name, model_cfg, **over):
             return lambda i: train_stage(model_cfg, name, stage(**over), shards, tmp / f"{name}-{i}" / "train" / name)

@@ -69,7 +69,7 @@ def make_segments(total: int, duplicate_share: float, seed: int = 0) -> tuple[li
 def run_ours(server, segments: list[str], work: Path) -> dict:
     from support.translate_fixtures import make_recipe, read_jsonl, record, write_records
 
-    from pipelines.translate import run_translate
+    from pipelines.steps.translate import run_translate
 
     records = [record("bench", i, "caption", ("assistant", s)) for i, s in enumerate(segments)]
     write_records(work / "download", "bench", records)

@@ -5,19 +5,21 @@
 Loading is strict: an unknown key, a wrong type or an out-of-range value is a `RecipeError`
 naming the file and the dotted key. Paths may use `${run_dir}` and `${recipe_dir}`; other
 relative paths are taken from the working directory. Files are checked for existence by the
-stage that needs them (`require_files`), so a preset can be validated before its model
+step that needs them (`require_files`), so a preset can be validated before its model
 weights are on disk.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.env import check_env_name
 from training.config import EvalConfig, ModelConfig, StageConfig
 from translators.config import TranslatorConfig
 
@@ -140,9 +142,7 @@ class PublishConfig(_Section):
     @field_validator("token_env")
     @classmethod
     def _is_env_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", v):
-            raise ValueError("must be the NAME of an environment variable (e.g. HF_TOKEN), not the token itself")
-        return v
+        return check_env_name(v, "publish.token_env", "HF_TOKEN")
 
 
 class ScheduleConfig(_Section):
@@ -215,7 +215,7 @@ class Recipe(_Section):
         """Raise RecipeError for the first file-valued key under `prefixes` that does not exist."""
         for key, value in _file_fields(self):
             if (prefixes and not key.startswith(prefixes)) or "://" in value:
-                continue  # URLs are checked by the stage that fetches them
+                continue  # URLs are checked by the step that fetches them
             if not Path(value).exists():
                 dotted = re.sub(r"\[(\d+)\]", r".\1", key)
                 raise RecipeError(
@@ -241,9 +241,20 @@ def load_recipe(
     overrides: list[str] | None = None,
     run_dir: str | Path | None = None,
 ) -> Recipe:
+    """The recipe at `recipe` (a path or a bundled name) with `overrides` applied, validated.
+
+    The CLI, the flow and its step task all ask for the same recipe: it is parsed once per process
+    for each (file content, overrides, run folder) and handed out as a copy."""
     path = resolve_recipe_path(recipe)
+    text = path.read_text(encoding="utf-8")
+    parsed = _parse(path, text, tuple(overrides or ()), None if run_dir is None else str(run_dir))
+    return parsed.model_copy(deep=True)
+
+
+@lru_cache(maxsize=32)
+def _parse(path: Path, text: str, overrides: tuple[str, ...], run_dir: str | None) -> Recipe:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

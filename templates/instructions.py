@@ -38,6 +38,33 @@ class HintPolicy:
     max_answer_chars: int = 16
     """An answer this short (after stripping) counts as a short VQA answer."""
 
+    def ask_short(self, question: str) -> str:
+        """`question` as a short-answer VQA question is rendered: the hint on a line of its own
+        (nothing added when the hint is empty or already ends the question)."""
+        if not self.hint or question.endswith(self.hint):
+            return question
+        return f"{question}\n{self.hint}" if question else self.hint
+
+    def to_record(self) -> dict:
+        """The policy as the `prompt` record of a shard manifest or a stage folder's stage.json."""
+        return {"vqa_hint": self.hint, "vqa_hint_max_chars": self.max_answer_chars}
+
+    @classmethod
+    def from_record(cls, record: object) -> "HintPolicy":
+        """The policy a `prompt` record names; the defaults where it names none (shard sets and stage
+        folders written before the record existed)."""
+        if not isinstance(record, dict):
+            return cls()
+        default, hint, chars = cls(), record.get("vqa_hint"), record.get("vqa_hint_max_chars")
+        ok_chars = isinstance(chars, int) and not isinstance(chars, bool) and chars > 0
+        return cls(hint=hint if isinstance(hint, str) else default.hint,
+                   max_answer_chars=chars if ok_chars else default.max_answer_chars)
+
+
+PROMPT_RECORD = "prompt"
+"""Key of the prompt record (`HintPolicy.to_record()` + template names) in a shard set's manifest.json
+and a stage folder's stage.json: what the rendered rows asked, so eval and chat ask the same way."""
+
 
 def is_ocr(record: Record) -> bool:
     return record.meta.get("kind") == "ocr"
@@ -111,6 +138,6 @@ def _clean(content: str, verbatim: bool) -> str:
 
 
 def _with_hint(question: str, answer: str, policy: HintPolicy) -> str:
-    if not policy.hint or len(answer.strip()) > policy.max_answer_chars or question.endswith(policy.hint):
+    if len(answer.strip()) > policy.max_answer_chars:
         return question
-    return f"{question}\n{policy.hint}" if question else policy.hint
+    return policy.ask_short(question)

@@ -8,7 +8,7 @@ A row is a `Record` after rendering (DESIGN.md, "Records and rows"):
 | `source`      | string                              | source name from the recipe                            |
 | `task`        | string                              | caption, vqa, conversation, text                       |
 | `lang`        | string                              | language of `messages`                                 |
-| `stage`       | string                              | `pretrain` or `sft`                                    |
+| `stage`       | string                              | the subset: `pretrain` or `sft` (`Subset`)             |
 | `template`    | string                              | the registry name the turns were rendered with         |
 | `turns`       | list<{prompt, response}>            | rendered; prompts are masked from the loss             |
 | `messages`    | list<{role, content}>               | the instructions before templating, `<image>` leading the first user turn (LLaMA-Factory's sharegpt view) |
@@ -33,8 +33,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-Stage = Literal["pretrain", "sft"]
-STAGES: tuple[Stage, ...] = ("pretrain", "sft")
+Subset = Literal["pretrain", "sft"]
+SUBSETS: tuple[Subset, ...] = ("pretrain", "sft")
+"""The shard subsets: stage-1 captioning rows and stage-2 instruction rows. Their column is named
+`stage` (the schema below): renaming it would change the bytes of every shard, the demo's included."""
 SPLITS = ("train", "validation")
 
 _STR = {"dtype": "string", "_type": "Value"}

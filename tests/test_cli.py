@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import build_parser, main
+from pipelines.cli.main import build_parser, main
 
 COMMANDS = ["demo-data", "download", "translate", "render", "publish", "train", "build-and-train",
             "chat", "eval", "export", "serve"]

@@ -26,9 +26,11 @@ import pytest
 from support.chat_server import ChatServer
 from support.translate_fixtures import record, write_records
 
-import pipelines.flows  # noqa: F401  (Prefect sets up logging on import: before caplog attaches, not during a test)
-from pipelines import stages
-from pipelines.cli import TASK_RUNS, build_parser, main
+import pipelines.orchestration.flows  # noqa: F401  (Prefect sets up logging on import: before caplog attaches, not during a test)
+from pipelines.core.errors import StepFailed
+from pipelines.orchestration.registry import STEPS
+from pipelines.steps.evaluate import EvalOptions
+from pipelines.cli.main import TASK_RUNS, build_parser, main
 from pipelines.recipe import RecipeError, load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +87,7 @@ def test_unset_api_key_is_one_line_before_prefect_and_debug_shows_the_traceback(
 
 def test_no_key_needed_when_translate_is_finished_or_offline(downloaded):
     """The key is checked only when the translate stage will build a translator for an endpoint."""
-    from pipelines.preflight import preflight
+    from pipelines.cli.preflight import preflight
 
     options = argparse.Namespace(command="translate")
     recipe = load_recipe("recipes/demo.yaml", ["translator.backend=openai", "translator.memory_import=[]",
@@ -104,7 +106,7 @@ def test_no_key_needed_when_translate_is_finished_or_offline(downloaded):
 
 def test_unset_key_message_has_one_source(tmp_path, monkeypatch):
     """The pre-flight and the backend say the same words, written once (translators/config.py)."""
-    from pipelines.preflight import preflight
+    from pipelines.cli.preflight import preflight
     from translators.config import TranslatorConfig, unset_api_key_message
     from translators.memory import TranslationMemory
     from translators.openai_backend import OpenAITranslator
@@ -197,7 +199,7 @@ def test_debug_flag_goes_before_or_after_the_command():
 def test_serve_checks_what_its_scheduled_runs_cannot_get_later_before_prefect(tmp_path, monkeypatch):
     """A served run gets the environment and packages `vcla serve` has: a key missing now is missing
     for every run. Files are left to the runs (a source file may appear before the next one)."""
-    from pipelines.preflight import preflight
+    from pipelines.cli.preflight import preflight
 
     translate = ["--set", "schedules=[{flow: translate, interval_s: 3600}]", "--set", "translator.backend=openai",
                  "--set", f"translator.api_key_env={KEY_ENV}"]
@@ -206,9 +208,9 @@ def test_serve_checks_what_its_scheduled_runs_cannot_get_later_before_prefect(tm
     monkeypatch.delenv("HF_TOKEN", raising=False)
     serve = argparse.Namespace(command="serve")
     publish = ["schedules=[{flow: publish, cron: '0 3 * * *'}]"]
-    with pytest.raises(stages.StageFailed, match="publish: no Hub repo given"):
+    with pytest.raises(StepFailed, match="publish: no Hub repo given"):
         preflight("serve", load_recipe("recipes/demo.yaml", publish, tmp_path), serve)
-    with pytest.raises(stages.StageFailed, match="publish: no Hub token: the environment variable HF_TOKEN"):
+    with pytest.raises(StepFailed, match="publish: no Hub token: the environment variable HF_TOKEN"):
         preflight("serve", load_recipe("recipes/demo.yaml", [*publish, "publish.repo_id=me/x"], tmp_path), serve)
     nightly = ["schedules=[{flow: build-and-train, cron: '0 2 * * *'}]"]
     preflight("serve", load_recipe("recipes/demo.yaml", nightly, tmp_path), serve)  # no corpus yet: fine
@@ -221,7 +223,7 @@ def test_serve_checks_what_its_scheduled_runs_cannot_get_later_before_prefect(tm
 
 
 def test_a_prefect_server_that_does_not_start_is_one_line_exit_1(tmp_path, monkeypatch):
-    from pipelines import server
+    from pipelines.orchestration import server
 
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
     env.update(VCLA_PROGRESS="0", PYTHONUNBUFFERED="1", PREFECT_HOME=str(tmp_path / "prefect-home"),
@@ -242,7 +244,7 @@ def test_a_prefect_server_that_does_not_start_is_one_line_exit_1(tmp_path, monke
 def failing_render(monkeypatch, error: Exception) -> None:
     def boom(recipe, options):
         raise error
-    monkeypatch.setitem(stages.STAGES, "render", dataclasses.replace(stages.STAGES["render"], run=boom))
+    monkeypatch.setitem(STEPS, "render", dataclasses.replace(STEPS["render"], run=boom))
 
 
 def run_records(caplog) -> list[logging.LogRecord]:
@@ -252,7 +254,7 @@ def run_records(caplog) -> list[logging.LogRecord]:
 @pytest.mark.xdist_group("prefect")
 @pytest.mark.parametrize("error, code", [
     (RecipeError("recipes/demo.yaml: render.sft_template: no template 'x' (fix the recipe)"), 2),
-    (stages.StageFailed("render: /data/render: disk full; free some space and rerun"), 1),
+    (StepFailed("render: /data/render: disk full; free some space and rerun"), 1),
 ])
 def test_user_error_inside_a_flow_is_logged_as_one_line(prefect_server, tmp_path, monkeypatch, caplog, capsys,
                                                         error, code):
@@ -344,10 +346,10 @@ def checkpoint(tmp_path_factory) -> Path:
     """A tiny two-step stage (resampler connector: llava-hf cannot express it)."""
     from training.config import ModelConfig, StageConfig
     from training.run import train_stage
-    from training.synthetic import write_shards
+    from training.synthetic import write_synthetic_shards
 
     root = tmp_path_factory.mktemp("chat")
-    shards = write_shards(root / "shards", num_images=16, row_group_rows=8)
+    shards = write_synthetic_shards(root / "shards", num_images=16, row_group_rows=8)
     model = ModelConfig(
         vision={"kind": "clip", "image_size": 32, "init": {"hidden_size": 32, "intermediate_size": 64,
                 "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}},
@@ -417,12 +419,12 @@ def test_eval_of_a_moved_stage_folder_names_what_is_missing(checkpoint, image, t
                    "train/base/", "--checkpoint DIR")
 
     recipe = load_recipe("recipes/demo.yaml", [f"eval.split={split}"], tmp_path / "run")
-    with pytest.raises(stages.StageFailed, match=f"eval: cannot load {moved}: it builds on"):
-        stages.STAGES["eval"].run(recipe, argparse.Namespace(command="eval", checkpoint=str(moved)))
+    with pytest.raises(StepFailed, match=f"eval: cannot load {moved}: it builds on"):
+        STEPS["eval"].run(recipe, EvalOptions(checkpoint=str(moved)))
     split.write_text(json.dumps({"image": "gone.png", "question": "是什么颜色？", "answer": "红色"},
                                 ensure_ascii=False) + "\n", encoding="utf-8")
-    with pytest.raises(stages.StageFailed, match="eval: .*'gone.png' not found.*fix eval.split's image paths"):
-        stages.STAGES["eval"].run(recipe, argparse.Namespace(command="eval", checkpoint=str(checkpoint)))
+    with pytest.raises(StepFailed, match="eval: .*'gone.png' not found.*fix eval.split's image paths"):
+        STEPS["eval"].run(recipe, EvalOptions(checkpoint=str(checkpoint)))
 
 
 def test_interactive_chat_ends_cleanly_at_end_of_input(checkpoint, image, monkeypatch, capsys):

@@ -55,3 +55,37 @@ def test_cell_labels_follow_the_scene_grid():
 def test_patch_grid_must_split_into_three_by_three_cells(tmp_path):
     with pytest.raises(ValueError, match="divisible by 3"):
         pretrain_vision_encoder(tmp_path, [], [], tmp_path / "out", DemoVisionConfig(image_size=64, patch_size=16), 0)
+
+
+def test_saved_encoder_features_are_unit_scale_and_rescaling_keeps_post_layernorm_outputs(corpus):
+    """The demo recipe feeds the connector the raw last hidden state (post_layernorm: false, so the model
+    exports to llava-hf): the encoder is saved with its residual stream scaled to std ~1 (it was ~5.6,
+    and the MLP connector then learned colour-shape binding far worse: 0.48 vs 0.87 held-out)."""
+    import torch
+    from transformers import CLIPVisionConfig
+
+    from pipelines.demo.vision import unit_scale_features
+
+    out, manifest = corpus
+    folder = out / "vision_encoder"
+    model, processor = CLIPVisionModel.from_pretrained(folder).eval(), CLIPImageProcessor.from_pretrained(folder)
+    from PIL import Image
+    images = [Image.open(p).convert("RGB") for p in sorted((out / "images").glob("*.jpg"))[:32]]
+    with torch.no_grad():
+        h = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).last_hidden_state
+    assert 0.8 < h.std().item() < 1.25
+    assert manifest["counts"]["vision_encoder"]["feature_scale"] > 0
+
+    torch.manual_seed(0)
+    big = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=48, patch_size=8)).eval()
+    with torch.no_grad():
+        for layer in big.encoder.layers:
+            layer.mlp.fc2.weight.mul_(20)
+        x = torch.randn(4, 3, 48, 48)
+        before = big(pixel_values=x).last_hidden_state
+        scale = unit_scale_features(big, x)
+        after = big(pixel_values=x).last_hidden_state
+    assert abs(after.std().item() - 1) < 0.01 and scale < 0.5
+    torch.testing.assert_close(after, before * scale, atol=5e-3, rtol=1e-3)
+    torch.testing.assert_close(big.post_layernorm(after), big.post_layernorm(before), atol=5e-3, rtol=1e-3)

@@ -12,11 +12,24 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.download import run_download, stage_table
+from pipelines.steps.download.download import run_download, step_table
 from pipelines.recipe import Recipe
 from support.image_server import (
-    HTML_PAGE, ImageServer, Route, animated_gif, bomb_png, cmyk_jpeg, encode, exif_rotated_jpeg, gray16_png,
-    jpeg_bytes, palette_png, rgb16_png, rgba_png, truncated_jpeg, two_colour,
+    HTML_PAGE,
+    ImageServer,
+    Route,
+    animated_gif,
+    bomb_png,
+    cmyk_jpeg,
+    encode,
+    exif_rotated_jpeg,
+    gray16_png,
+    jpeg_bytes,
+    palette_png,
+    rgb16_png,
+    rgba_png,
+    truncated_jpeg,
+    two_colour,
 )
 
 pytestmark = pytest.mark.xdist_group("download")
@@ -200,8 +213,8 @@ def test_counts_add_up(run):
     assert (out / "_SUCCESS").is_file() and not (out / ".read").exists()
 
 
-def test_stage_table_lists_sources_and_image_failures(run):
-    table = stage_table(run["stats"])
+def test_step_table_lists_sources_and_image_failures(run):
+    table = step_table(run["stats"])
     lines = table.splitlines()
     urls_image_line = [ln for ln in lines if ln.startswith("urls") and "image_http_404=1" in ln]
     assert len(urls_image_line) == 2  # record rejections and image failures

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from support.image_server import ImageServer, Route, jpeg_bytes
 
-from pipelines import download
-from pipelines.download import run_download
+from pipelines.steps.download import download
+from pipelines.steps.download.download import run_download
 from pipelines.recipe import Recipe
 
 UNAVAILABLE = Route(b"busy", 503, "text/plain")
@@ -42,8 +42,10 @@ def kept_urls(out: Path) -> set[str]:
     return {r["meta"]["image_url"] for r in rows}
 
 
-def marker(out: Path, name: str = "_SUCCESS") -> dict:
-    return json.loads((out / name).read_text())
+def marker(out: Path, flow: bool = False) -> dict:
+    """The step's `_SUCCESS` (without the flows' record), or with flow=True the flows' record in it."""
+    done = json.loads((out / "_SUCCESS").read_text())
+    return done.get("flow", {}) if flow else {k: v for k, v in done.items() if k != "flow"}
 
 
 def fetched_since(server: ImageServer, before: dict[str, int]) -> dict[str, int]:
@@ -55,7 +57,7 @@ def test_vcla_download_refetches_only_the_shards_with_transient_failures(prefect
     """Run 1: a 503 and a timeout (transient), a 404 (not): exit 0, retry_pending 2. The images come
     back; run 2 (not a cache hit) fetches again the two shards holding them, and only those, and keeps
     their records. Run 3 is a cache hit."""
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     # sorted URLs, 2 per shard: 00000 a0 a1 | 00001 b-flaky b-ok | 00002 c-gone c-ok | 00003 d-slow
     paths = ["/a0.jpg", "/a1.jpg", "/b-flaky.jpg", "/b-ok.jpg", "/c-gone.jpg", "/c-ok.jpg", "/d-slow.jpg"]
@@ -69,7 +71,7 @@ def test_vcla_download_refetches_only_the_shards_with_transient_failures(prefect
         command = ["download", "--recipe", str(recipe), "--run-dir", str(tmp_path / "run")]
 
         assert main(command) == 0
-        done, flow = marker(out), marker(out, "_FLOW.json")
+        done, flow = marker(out), marker(out, flow=True)
         assert flow["summary"]["rejected"] == {"image_http_503": 1, "image_timeout": 1, "image_http_404": 1}
         assert done["retry_pending"] == flow["retry_pending"] == 2 and done["reruns"] == 0
         assert kept_urls(out) == {server.url(p) for p in ("/a0.jpg", "/a1.jpg", "/b-ok.jpg", "/c-ok.jpg")}
@@ -84,7 +86,7 @@ def test_vcla_download_refetches_only_the_shards_with_transient_failures(prefect
                   if p.stat().st_mtime_ns > max(untouched.values())}
         assert redone == {"00001_stats.json", "00003_stats.json"}
         assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
-        healed, flow2 = marker(out), marker(out, "_FLOW.json")
+        healed, flow2 = marker(out), marker(out, flow=True)
         assert flow2["summary"]["rejected"] == {"image_http_404": 1}
         assert healed["retry_pending"] == flow2["retry_pending"] == 0 and healed["reruns"] == 1
         assert healed["output_digest"] != done["output_digest"] and flow2["output"] != flow["output"]
@@ -92,10 +94,10 @@ def test_vcla_download_refetches_only_the_shards_with_transient_failures(prefect
         rows = [json.loads(line) for line in (out / "records" / "urls.jsonl").read_text().splitlines()]
         assert all(Path(r["image"]).is_file() for r in rows)
 
-        before, written = dict(server.hits), (out / "_FLOW.json").stat().st_mtime_ns
-        assert main(command) == 0  # a cache hit: the stage task does not run (it would rewrite _FLOW.json)
+        before, written = dict(server.hits), (out / "_SUCCESS").stat().st_mtime_ns
+        assert main(command) == 0  # a cache hit: the stage task does not run (it would rewrite _SUCCESS)
         assert server.hits == before
-        assert (out / "_FLOW.json").stat().st_mtime_ns == written and marker(out, "_FLOW.json") == flow2
+        assert (out / "_SUCCESS").stat().st_mtime_ns == written and marker(out, flow=True) == flow2
 
 
 @pytest.mark.xdist_group("download")

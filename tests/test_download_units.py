@@ -11,10 +11,16 @@ import time
 import pytest
 from PIL import Image
 
-from pipelines.download import (
-    ImageRefError, check_distributor, checked_resizer, classify, fetch_fingerprint, image_url, img2dataset_args,
+from pipelines.steps.download.download import (
+    ImageRefError,
+    check_distributor,
+    checked_resizer,
+    classify,
+    fetch_fingerprint,
+    image_url,
+    img2dataset_args,
 )
-from pipelines.images import CheckedResizer, ImageRejected, prepare
+from pipelines.steps.download.images import CheckedResizer, ImageRejected, prepare
 from pipelines.recipe import DownloadConfig
 from support.image_server import bomb_png, cmyk_jpeg, jpeg_bytes, png_raw, rgb16_png, truncated_jpeg
 
@@ -205,7 +211,7 @@ def _recipe(sources):
 
 
 def test_missing_source_files_are_named_before_anything_runs(tmp_path):
-    from pipelines.download import check_source_files
+    from pipelines.steps.download.download import check_source_files
     from pipelines.recipe import RecipeError
 
     present = tmp_path / "q.json"

@@ -17,7 +17,7 @@ from templates.registry import get_template
 from templates.template import chat_prompt
 from training.config import ModelConfig, StageConfig
 from training.run import train_stage
-from training.synthetic import draw, write_shards
+from training.synthetic import draw, write_synthetic_shards
 
 REPO = Path(__file__).resolve().parent.parent
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -59,7 +59,7 @@ def sft_stage(**over) -> StageConfig:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), num_images=16, row_group_rows=8)
+    return write_synthetic_shards(tmp_path_factory.mktemp("shards"), num_images=16, row_group_rows=8)
 
 
 @pytest.fixture(scope="module", params=sorted(LAYOUTS))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.flows import build_and_train
-from pipelines.stages import PIPELINE
+from pipelines.orchestration.flows import build_and_train
+from pipelines.orchestration.registry import PIPELINE
 
 pytestmark = pytest.mark.xdist_group("prefect")
 
@@ -44,7 +44,7 @@ def finished_run(prefect_server, tmp_path_factory):
     return run_dir, flow_run_id, summary
 
 
-def test_summary_covers_every_stage(finished_run):
+def test_summary_covers_every_step(finished_run):
     run_dir, _, summary = finished_run
     written = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert set(written["stages"]) == set(PIPELINE)
@@ -56,18 +56,18 @@ def test_summary_covers_every_stage(finished_run):
     assert download["read"] == download["kept"] + sum(download["rejected"].values())
     assert written["stages"]["train"]["stage1"]["steps"] == 2 and written["stages"]["train"]["stage2"]["steps"] == 3
     assert written["stages"]["publish"]["skipped"]
-    for stage in ("download", "translate", "render", "train", "eval"):
-        assert json.loads((run_dir / stage / "_FLOW.json").read_text())["fingerprint"]
+    for step in ("download", "translate", "render", "train", "eval"):
+        assert json.loads((run_dir / step / "_SUCCESS").read_text())["flow"]["fingerprint"]
 
 
-def test_first_run_computes_every_stage(finished_run):
+def test_first_run_computes_every_step(finished_run):
     _, flow_run_id, _ = finished_run
     states = task_states(flow_run_id)
     assert set(PIPELINE) <= set(states) and set(states.values()) == {"Completed"}
     assert any(name.startswith("spill_part") for name in states)  # render's per-file tasks
 
 
-def test_rerun_does_no_work_and_a_changed_stage_reruns_downstream_only(finished_run):
+def test_rerun_does_no_work_and_a_changed_step_reruns_downstream_only(finished_run):
     run_dir, _, first = finished_run
     shards = sorted((run_dir / "render" / "data").rglob("*.parquet"))
     mtimes = {p: p.stat().st_mtime_ns for p in shards}
@@ -86,24 +86,24 @@ def test_rerun_does_no_work_and_a_changed_stage_reruns_downstream_only(finished_
     assert summary["stages"]["train"]["stage2"]["steps"] == 4
 
 
-def test_training_one_stage_does_not_mark_the_train_stage_done(prefect_server, tmp_path):
-    from pipelines.flows import STAGE_FLOWS
+def test_training_one_stage_does_not_mark_the_train_step_done(prefect_server, tmp_path):
+    from pipelines.orchestration.flows import STEP_FLOWS
 
     spec = {"recipe": "recipes/demo.yaml", "overrides": TINY, "run_dir": str(tmp_path / "run")}
     for name in ("demo-data", "download", "translate", "render"):
-        assert STAGE_FLOWS[name](**spec, return_state=True).is_completed()
-    state = STAGE_FLOWS["train"](**spec, options={"command": "train", "stage": "stage1"}, return_state=True)
+        assert STEP_FLOWS[name](**spec, return_state=True).is_completed()
+    state = STEP_FLOWS["train"](**spec, options={"stage": "stage1"}, return_state=True)
     assert state.is_completed()
     assert (tmp_path / "run" / "train" / "stage1" / "stage.json").is_file()
     assert not (tmp_path / "run" / "train" / "stage2").exists()
-    assert not (tmp_path / "run" / "train" / "_FLOW.json").exists()  # the train stage is not complete
+    assert not (tmp_path / "run" / "train" / "_SUCCESS").exists()  # the train step is not complete
 
     _, summary = run(tmp_path / "run")  # build-and-train then trains what is missing
     assert summary["stages"]["train"]["stage2"]["steps"] == 3
-    assert (tmp_path / "run" / "train" / "_FLOW.json").is_file()
+    assert json.loads((tmp_path / "run" / "train" / "_SUCCESS").read_text())["flow"]["fingerprint"]
 
 
-def test_a_stage_that_left_retryable_failures_runs_again_and_downstream_redoes_only_what_healed(
+def test_a_step_that_left_retryable_failures_runs_again_and_downstream_redoes_only_what_healed(
     prefect_server, tmp_path, monkeypatch
 ):
     """translate rejects the records of requests that failed for good (500s) and says so in `_SUCCESS`
@@ -112,7 +112,7 @@ def test_a_stage_that_left_retryable_failures_runs_again_and_downstream_redoes_o
     from support.chat_server import ChatServer
     from support.translate_fixtures import API_KEY, KEY_ENV
 
-    from pipelines.flows import STAGE_FLOWS
+    from pipelines.orchestration.flows import STEP_FLOWS
 
     monkeypatch.setenv(KEY_ENV, API_KEY)
     run_dir = tmp_path / "run"
@@ -123,20 +123,20 @@ def test_a_stage_that_left_retryable_failures_runs_again_and_downstream_redoes_o
                 "translator.batch_segments=8"]
         spec = {"recipe": "recipes/demo.yaml", "overrides": sets, "run_dir": str(run_dir)}
         for name in ("demo-data", "download"):
-            assert STAGE_FLOWS[name](**spec, return_state=True).is_completed()
+            assert STEP_FLOWS[name](**spec, return_state=True).is_completed()
         llava = json.loads((run_dir / "demo-data" / "llava" / "llava_instruct.json").read_text())
         chat.add_fault("server_error", match=llava[0]["conversations"][-1]["value"], times=None)
 
         def run_translate_and_render() -> dict[str, str]:
             states = {}
             for name in ("translate", "render"):
-                state = STAGE_FLOWS[name](**spec, return_state=True)
+                state = STEP_FLOWS[name](**spec, return_state=True)
                 assert state.is_completed(), state
                 states[name] = task_states(state.state_details.flow_run_id)[name]
             return states
 
-        def flow_marker(stage: str) -> dict:
-            return json.loads((run_dir / stage / "_FLOW.json").read_text())
+        def flow_marker(step: str) -> dict:
+            return json.loads((run_dir / step / "_SUCCESS").read_text())["flow"]
 
         assert run_translate_and_render() == {"translate": "Completed", "render": "Completed"}
         first = flow_marker("translate")

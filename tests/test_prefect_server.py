@@ -139,7 +139,7 @@ def test_kill_9_while_the_server_starts_stops_it_too(tmp_path):
 
 
 def test_a_configured_api_is_used_and_no_server_started(tmp_path):
-    code = "from pipelines import server; print(server.ensure_api(), server._server)"
+    code = "from pipelines.orchestration import server; print(server.ensure_api(), server._server)"
     env = {**bare_env(tmp_path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["http://127.0.0.1:9/api", "None"], result.stderr

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from support.hub_server import GITATTRIBUTES, FakeHub
 
-from pipelines.io import mark_done
-from pipelines.publish import PublishError, run_publish
+from pipelines.core.completion import mark_done
+from pipelines.steps.publish import PublishError, run_publish
 from pipelines.recipe import Recipe, load_recipe
 
 TOKEN = "hf_SENTINELtoken0123456789abcdefXYZ"

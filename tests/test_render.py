@@ -17,11 +17,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.io import iter_jsonl, read_json, sha256_file
+from common.files import iter_jsonl, read_json, sha256_file
 from pipelines.recipe import PublishConfig, RenderConfig, load_recipe
-from pipelines.render import SPILL_SCHEMA, plan_mix, run_render
-from pipelines.shards import KEY, BucketSpill, ShardWriter, bucket_files, finalize, sorted_bucket
-from pipelines.stages import StageFailed
+from pipelines.steps.render.render import SPILL_SCHEMA, plan_mix, run_render
+from pipelines.steps.render.shards import KEY, BucketSpill, ShardWriter, bucket_files, finalize, sorted_bucket
+from pipelines.core.errors import StepFailed
 from templates.image import IMAGE_BLOCK
 from templates.rows import ROW_SCHEMA, row_features
 from templates.schema import make_id
@@ -282,7 +282,7 @@ def test_a_different_seed_gives_a_different_order(rendered, corpus, tmp_path):
 
 
 def test_missing_records_is_a_clear_error(tmp_path):
-    with pytest.raises(StageFailed, match="no \\*.jsonl records to render; run `vcla translate` first"):
+    with pytest.raises(StepFailed, match="no \\*.jsonl records to render; run `vcla translate` first"):
         run_render(recipe_for(), tmp_path, tmp_path / "out")
 
 

@@ -8,11 +8,11 @@ import os
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from pipelines.download import image_url
+from pipelines.steps.download.download import image_url
 from pipelines.recipe import load_recipe
-from pipelines.rejects import RejectWriter
+from pipelines.core.rejects import RejectWriter
 from pipelines.sources import read_source
-from pipelines.stats import StageStats
+from pipelines.core.stats import StepStats
 
 
 def test_demo_recipe_sources_read_without_rejections(tiny_demo, tmp_path):
@@ -22,7 +22,7 @@ def test_demo_recipe_sources_read_without_rejections(tiny_demo, tmp_path):
     recipe = load_recipe("recipes/demo.yaml", run_dir=run_dir)
     counts = json.loads((tiny_demo / "demo_manifest.json").read_text())["counts"]
     roots = [os.path.realpath(r) for r in recipe.download.allowed_file_roots]
-    stats = StageStats("read")
+    stats = StepStats("read")
     by_source = {}
     with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
         for cfg in recipe.sources:

@@ -12,16 +12,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.recipe import SourceConfig
-from pipelines.rejects import RejectWriter
+from pipelines.core.rejects import RejectWriter
 from pipelines.sources import READERS, read_source
-from pipelines.stats import StageStats
+from pipelines.core.stats import StepStats
 from templates.schema import make_id
 
 
-def read(tmp_path: Path, **cfg) -> tuple[list, list[dict], StageStats]:
+def read(tmp_path: Path, **cfg) -> tuple[list, list[dict], StepStats]:
     """(records, rejection rows, stats) of one source."""
     cfg.setdefault("name", "src")
-    stats = StageStats("read")
+    stats = StepStats("read")
     with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
         records = list(read_source(SourceConfig(**cfg), rejects))
     rows = [json.loads(line) for line in (tmp_path / "rejected" / "read.jsonl").read_text().splitlines()]

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from pipelines.recipe import SourceConfig
-from pipelines.rejects import RejectWriter
+from pipelines.core.rejects import RejectWriter
 from pipelines.sources import read_source
 from pipelines.sources.validation import validate
-from pipelines.stats import StageStats
+from pipelines.core.stats import StepStats
 from templates.schema import Record
 
 
@@ -45,7 +45,7 @@ CASES = [
 def result(tmp_path):
     path = tmp_path / "llava.json"
     path.write_text(json.dumps([item for _, item, _ in CASES]))
-    stats = StageStats("read")
+    stats = StepStats("read")
     with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
         records = list(read_source(SourceConfig(name="llava", kind="llava", path=str(path)), rejects))
     rows = [json.loads(line) for line in (tmp_path / "rejected" / "read.jsonl").read_text().splitlines()]
@@ -74,7 +74,7 @@ def test_details_say_what_is_wrong(result):
 def test_invalid_utf8_is_rejected_and_the_row_is_still_written(tmp_path):
     path = tmp_path / "alpaca.jsonl"
     path.write_bytes(b'{"instruction": "fine", "output": "ok"}\n{"instruction": "bad \xff\xfe bytes", "output": "x"}\n')
-    stats = StageStats("read")
+    stats = StepStats("read")
     with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
         records = list(read_source(SourceConfig(name="a", kind="alpaca", path=str(path)), rejects))
     assert [r.messages[0]["content"] for r in records] == ["fine"]
@@ -87,7 +87,7 @@ def test_invalid_utf8_is_rejected_and_the_row_is_still_written(tmp_path):
 def test_invalid_json_in_a_json_array_is_one_rejection_with_position(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": }]')
-    stats = StageStats("read")
+    stats = StepStats("read")
     with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
         records = list(read_source(SourceConfig(name="a", kind="alpaca", path=str(path)), rejects))
     assert len(records) == 1 and stats.rejected == {"invalid_json": 1}

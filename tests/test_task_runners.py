@@ -5,16 +5,16 @@ import shutil
 
 import pytest
 
-from pipelines.flows import STAGE_FLOWS, with_runner
+from pipelines.orchestration.flows import STEP_FLOWS, with_runner
 
 pytestmark = pytest.mark.xdist_group("prefect")
 
 
-def run_stage(name: str, run_dir, overrides: list[str]):
+def run_step(name: str, run_dir, overrides: list[str]):
     # a validation split too (at 40 images the recipe's 5% may be empty): 4 shard sets to compare
     spec = {"recipe": "recipes/demo.yaml", "overrides": ["demo.num_images=40", "render.validation_fraction=0.2", *overrides],
             "run_dir": str(run_dir)}
-    state = with_runner(STAGE_FLOWS[name], spec)(**spec, return_state=True)
+    state = with_runner(STEP_FLOWS[name], spec)(**spec, return_state=True)
     assert state.is_completed(), state
     return state
 
@@ -54,14 +54,14 @@ def spill_tasks(flow_run_id) -> int:
 def test_render_on_dask_matches_the_thread_runner(prefect_server, tmp_path):
     run_dir = tmp_path / "run"
     for stage in ("demo-data", "download", "translate"):
-        run_stage(stage, run_dir, [])
-    threads = run_stage("render", run_dir, [])
+        run_step(stage, run_dir, [])
+    threads = run_step("render", run_dir, [])
     expected = shard_checksums(run_dir)
     assert len(expected) >= 3
     sources = len(list((run_dir / "translate" / "records").glob("*.jsonl")))
     assert spill_tasks(threads.state_details.flow_run_id) == sources
 
     shutil.rmtree(run_dir / "render")
-    dask = run_stage("render", run_dir, ["task_runner.kind=dask", "task_runner.max_workers=2"])
+    dask = run_step("render", run_dir, ["task_runner.kind=dask", "task_runner.max_workers=2"])
     assert spill_tasks(dask.state_details.flow_run_id) == sources
     assert shard_checksums(run_dir) == expected

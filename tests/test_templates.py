@@ -6,8 +6,16 @@ from __future__ import annotations
 import pytest
 
 from templates import (
-    IMAGE_BLOCK, TEMPLATES, TemplateError, chat_prompt, expand_image_block, get_template, image_tokens,
-    join_turns, register_template, render_turns,
+    IMAGE_BLOCK,
+    TEMPLATES,
+    TemplateError,
+    chat_prompt,
+    expand_image_block,
+    get_template,
+    image_tokens,
+    join_turns,
+    register_template,
+    render_turns,
 )
 from templates.instructions import HintPolicy, InstructionError, caption_of, instruction_pairs, sharegpt_messages
 from templates.rows import ROW_SCHEMA, row_features, yaml_features

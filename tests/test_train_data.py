@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from templates import get_template, render_turns
-from training.data import IGNORE, Collator, ShardStream, StreamConfig, encode_turns, shard_units, stage_files
-from training.synthetic import write_shards
+from training.data import IGNORE, Collator, ShardStream, StreamConfig, encode_turns, shard_units, subset_files
+from training.synthetic import write_synthetic_shards
 from training.tokenizer import build_tokenizer
 
 
@@ -49,8 +49,8 @@ def test_truncation_keeps_the_image_block_whole(tok):
 def test_consumers_read_disjoint_units_and_grouping_cuts_padding(tmp_path, tok):
     from transformers import CLIPImageProcessorPil
 
-    write_shards(tmp_path, num_images=48, row_group_rows=8)
-    files = stage_files(tmp_path, "sft")
+    write_synthetic_shards(tmp_path, num_images=48, row_group_rows=8)
+    files = subset_files(tmp_path, "sft")
     units = shard_units(files, consumers=4)
     ids = []
     for consumer in range(4):
@@ -75,10 +75,10 @@ def test_consumers_read_disjoint_units_and_grouping_cuts_padding(tmp_path, tok):
 def test_batches_carry_one_image_per_image_row(tmp_path, tok):
     from transformers import CLIPImageProcessorPil
 
-    write_shards(tmp_path, num_images=16)
+    write_synthetic_shards(tmp_path, num_images=16)
     proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     collator = Collator(pad_token_id=tok.pad_token_id, image_processor=proc)
-    stream = ShardStream(shard_units(stage_files(tmp_path, "sft")), tok, collator,
+    stream = ShardStream(shard_units(subset_files(tmp_path, "sft")), tok, collator,
                          StreamConfig(batch_size=8, max_length=256, num_image_tokens=4, batches_per_rank=3))
     img = tok.convert_tokens_to_ids("<img_token>")
     for batch in stream:

@@ -14,7 +14,7 @@ from training.features import cache_level
 from training.lora import setup_stage
 from training.model import VisualCLAConfig, VisualCLAModel
 from training.run import train_stage
-from training.synthetic import make_rows, write_shards
+from training.synthetic import make_rows, write_synthetic_shards
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
           "image_size": 32, "patch_size": 8}
@@ -121,7 +121,7 @@ def test_feature_cache_trains_the_same_losses_as_live_encoding(tmp_path, connect
                       vision={"kind": kind, "image_size": 32, "init": VISION, "feature_layer": -2,
                               "keep_cls": kind == "blip2"},
                       connector=connector, llm={"init": LLM})
-    shards = write_shards(tmp_path / "shards", num_images=24, row_group_rows=8)
+    shards = write_synthetic_shards(tmp_path / "shards", num_images=24, row_group_rows=8)
     live = train_stage(cfg, "s1", StageConfig(**LLAVA_STAGE1, trainable=trainable), shards, tmp_path / "t" / "live")
     stage = StageConfig(**LLAVA_STAGE1, trainable=trainable, feature_cache=True)
     cached = train_stage(cfg, "s1", stage, shards, tmp_path / "t" / "cached")

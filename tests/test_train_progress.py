@@ -7,7 +7,7 @@ import json
 
 from test_train_stages import model_cfg, stage
 from training.run import train_stage
-from training.synthetic import write_shards
+from training.synthetic import write_synthetic_shards
 
 
 def log_rows(out_dir) -> list[dict]:
@@ -16,7 +16,7 @@ def log_rows(out_dir) -> list[dict]:
 
 def test_a_stage_prints_one_bar_and_logs_every_step_to_jsonl(tmp_path, capfd, monkeypatch):
     monkeypatch.delenv("VCLA_PROGRESS", raising=False)
-    shards = write_shards(tmp_path / "shards", num_images=16, row_group_rows=8)
+    shards = write_synthetic_shards(tmp_path / "shards", num_images=16, row_group_rows=8)
     out = tmp_path / "run" / "train" / "stage1"
     train_stage(model_cfg(), "stage1", stage(max_steps=4, save_steps=2), shards, out, _stop_after=3)
     first = capfd.readouterr()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from training.config import ModelConfig, StageConfig
 from training.run import shard_texts, train_stage
-from training.synthetic import draw, write_shards
+from training.synthetic import draw, write_synthetic_shards
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
           "image_size": 32, "patch_size": 8}
@@ -64,7 +64,7 @@ def stored_paths(train: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), num_images=8, row_group_rows=8)
+    return write_synthetic_shards(tmp_path_factory.mktemp("shards"), num_images=8, row_group_rows=8)
 
 
 def test_a_copied_train_folder_loads_and_chats_without_the_original(shards, tmp_path):

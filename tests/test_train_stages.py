@@ -16,7 +16,7 @@ from training.checkpoint import load_merged, load_stage
 from training.config import EvalConfig, ModelConfig, StageConfig
 from training.lora import setup_stage
 from training.run import train_stage
-from training.synthetic import write_shards
+from training.synthetic import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parent.parent
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -49,7 +49,7 @@ def stage(**over) -> StageConfig:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), num_images=32, row_group_rows=8)
+    return write_synthetic_shards(tmp_path_factory.mktemp("shards"), num_images=32, row_group_rows=8)
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +315,8 @@ def test_two_steps_under_torchrun_on_cpu_keep_the_replicas_in_sync(shards, tmp_p
         "from safetensors.torch import save_file\n"
         "from tests.test_train_stages import model_cfg, stage\n"
         "from training.checkpoint import trainable_state\n"
-        "from training.run import VisualCLATrainer, train_stage\n"
+        "from training.run import train_stage\n"
+        "from training.trainer import VisualCLATrainer\n"
         "train = VisualCLATrainer.train\n"
         "def train_and_keep_weights(self, *a, **k):  # each rank's replica after training\n"
         "    out = train(self, *a, **k)\n"
@@ -355,7 +356,7 @@ def test_vcla_train_under_torchrun_trains_both_stages_without_prefect(tmp_path):
     import socket
 
     run = tmp_path / "run"
-    write_shards(run / "render", num_images=32, row_group_rows=8)
+    write_synthetic_shards(run / "render", num_images=32, row_group_rows=8)
     overrides = ["model.vision.path=null", "model.vision.image_size=32", f"model.vision.init={json.dumps(VISION)}",
                  f"model.llm.init={json.dumps(LLM)}"]
     for s in ("stage1", "stage2"):

@@ -16,8 +16,8 @@ from support.chat_server import ChatServer
 from support.loopback import LoopbackHTTPServer
 from support.translate_fixtures import API_KEY, KEY_ENV, make_recipe, read_jsonl, record, write_records
 
-from pipelines.stages import StageFailed
-from pipelines.translate import run_translate
+from pipelines.core.errors import StepFailed
+from pipelines.steps.translate import run_translate
 from translators.openai_backend import scrub_url
 
 WORDS = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(80)]  # a unique word per caption
@@ -96,7 +96,7 @@ def test_an_unreachable_endpoint_fails_the_stage_at_once_and_the_next_run_sends_
     in_dir, out_dir = tmp_path / "download", tmp_path / "translate"
     write_records(in_dir, "coco", captions(40))  # 10 requests of 4, in 5 windows of 2
 
-    with pytest.raises(StageFailed) as err:
+    with pytest.raises(StepFailed) as err:
         run_translate(recipe_for(tmp_path, base_url, window_records=8), in_dir, out_dir)
 
     message = str(err.value)
@@ -127,7 +127,7 @@ def test_an_answer_no_retry_can_change_fails_the_stage_after_one_request(status,
     monkeypatch.setenv(KEY_ENV, API_KEY)
     write_records(tmp_path / "download", "coco", captions(40))
     with always(status, error) as (url, handler):
-        with pytest.raises(StageFailed, match=rf"^translate: {url}: {says}"):
+        with pytest.raises(StepFailed, match=rf"^translate: {url}: {says}"):
             run_translate(recipe_for(tmp_path, url, concurrency=1), tmp_path / "download", tmp_path / "translate")
         assert handler.requests == 1
     assert not (tmp_path / "translate" / "_SUCCESS").exists()
@@ -145,7 +145,7 @@ def test_an_endpoint_that_stops_answering_keeps_what_it_answered_and_fails_the_s
         recipe = recipe_for(tmp_path, srv.base_url, concurrency=1, max_retries=1, window_records=8)
         srv.add_fault("disconnect", match="zzq", times=None)
 
-        with pytest.raises(StageFailed, match=r"it stopped answering: the last 3 requests got none, after 6 that did "
+        with pytest.raises(StepFailed, match=r"it stopped answering: the last 3 requests got none, after 6 that did "
                                               r"\(connection_error: gave up after 2 attempts"):
             run_translate(recipe, in_dir, out_dir)
 
@@ -204,7 +204,7 @@ def test_vcla_translate_exits_1_for_an_unreachable_endpoint_and_later_runs_retry
 ):
     """Through the command line and the Prefect flow: exit 1 naming the endpoint while it is down,
     no completion markers; once it is back each `vcla translate` sends only what is still missing."""
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     monkeypatch.setenv(KEY_ENV, API_KEY)
     run_dir = tmp_path / "run"
@@ -221,22 +221,22 @@ def test_vcla_translate_exits_1_for_an_unreachable_endpoint_and_later_runs_retry
         err = capfd.readouterr().err
         assert f"vcla translate: translate: endpoint {srv.base_url} (model 'test-model') is unreachable" in err
         assert "(connection_error: gave up after 2 attempts" in err
-        assert not (out_dir / "_SUCCESS").exists() and not (out_dir / "_FLOW.json").exists()
+        assert not (out_dir / "_SUCCESS").exists()
 
         srv.clear_faults()
         srv.add_fault("server_error", match=WORDS[5], times=None)  # the endpoint is back, but fails one request
         assert main(command) == 0
         assert srv.stats.segments == 8 and json.loads((out_dir / "_SUCCESS").read_text())["retry_pending"] == 4
-        assert json.loads((out_dir / "_FLOW.json").read_text())["summary"]["rejected"] == {"http_500": 4}
+        assert json.loads((out_dir / "_SUCCESS").read_text())["flow"]["summary"]["rejected"] == {"http_500": 4}
 
         srv.clear_faults()
         assert main(command) == 0  # not a cache hit: the 4 records are retried
-        assert srv.stats.segments == 12 and json.loads((out_dir / "_FLOW.json").read_text())["retry_pending"] == 0
+        assert srv.stats.segments == 12 and json.loads((out_dir / "_SUCCESS").read_text())["flow"]["retry_pending"] == 0
         assert len(read_jsonl(out_dir / "records" / "coco.jsonl")) == 12
 
-        requests, marked = srv.stats.requests, (out_dir / "_FLOW.json").stat().st_mtime_ns
-        assert main(command) == 0  # now it is: the task body (which rewrites the marker) does not run
-        assert srv.stats.requests == requests and (out_dir / "_FLOW.json").stat().st_mtime_ns == marked
+        requests, marked = srv.stats.requests, (out_dir / "_SUCCESS").stat().st_mtime_ns
+        assert main(command) == 0  # now it is: the task body (which would rewrite the marker) does not run
+        assert srv.stats.requests == requests and (out_dir / "_SUCCESS").stat().st_mtime_ns == marked
 
 
 def _done(out_dir: Path) -> dict:
@@ -246,7 +246,7 @@ def _done(out_dir: Path) -> dict:
 def test_a_qa_failure_keeps_the_stage_pending_for_max_qa_reruns_only(monkeypatch, tmp_path):
     """A segment the model always answers in English fails QA on every run: it keeps the stage pending
     for MAX_QA_RERUNS reruns, then no longer (it stays rejected) and the stage is complete."""
-    from pipelines.translate import MAX_QA_RERUNS
+    from pipelines.steps.translate import MAX_QA_RERUNS
 
     assert MAX_QA_RERUNS == 2
     monkeypatch.setenv(KEY_ENV, API_KEY)
@@ -323,7 +323,7 @@ def test_reruns_for_failed_requests_alone_do_not_use_up_the_qa_reruns(monkeypatc
 def test_which_rejections_keep_the_stage_pending(qa_reruns, pending):
     """No answer (a timeout, a 429, a 503) always; an answer that will come back the same (failed QA, a 400
     for this segment) until the QA cap; a bad record never."""
-    from pipelines.translate import _retry_pending
+    from pipelines.steps.translate import _retry_pending
 
     rejected = {"timeout": 1, "http_429": 1, "http_503": 1, "http_400": 2, "untranslated": 1, "bad_record": 3}
     assert _retry_pending(rejected, qa_reruns) == pending

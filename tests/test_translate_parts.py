@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from translators.batching import (
-    Reply, ReplyError, RequestFailed, apportion, decode_reply, encode_units, pack, send_with_split,
+    Reply,
+    ReplyError,
+    RequestFailed,
+    apportion,
+    decode_reply,
+    encode_units,
+    pack,
+    send_with_split,
 )
 from translators.limits import Limits, RateLimiter, RetryPolicy, parse_retry_after
 from translators.memory import WILDCARD, MemoryImportError, TranslationMemory, normalise

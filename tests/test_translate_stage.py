@@ -16,7 +16,7 @@ import pytest
 from support.chat_server import ChatServer
 from support.translate_fixtures import API_KEY, KEY_ENV, make_recipe, read_jsonl, record, write_records
 
-from pipelines.translate import run_translate
+from pipelines.steps.translate import run_translate
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = "<image>\n"
@@ -179,7 +179,7 @@ import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from pathlib import Path
 from support.translate_fixtures import make_recipe
-from pipelines.translate import run_translate
+from pipelines.steps.translate import run_translate
 recipe = make_recipe(Path({tmp!r}), backend="openai", base_url={url!r}, api_key_env={env!r}, model="test-model",
                      batch_segments=4, concurrency=2)
 run_translate(recipe, Path({in_dir!r}), Path({out_dir!r}))

@@ -20,7 +20,7 @@ Entry points the CLI calls (imports are lazy: `import training` stays cheap):
     from training.export import export
     folder = export(checkpoint: Path, fmt: "merged" | "llava-hf", out: Path) -> Path
 
-    from training.checkpoint import find_stage, load_stage   # run folder -> stage folder -> model
+    from training.checkpoint import find_stage, load_stage  # run folder -> stage folder -> model
 
 Modules: `config` (recipe sections), `model` (VisualCLAConfig, VisualCLAModel), `connectors`,
 `build` (recipe -> model/tokenizer/processor; `prepare_base` for `init` models), `tokenizer`

@@ -18,12 +18,18 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, BlipImageProcessorPil, CLIPImageProcessorPil,
-    CLIPVisionConfig, LlamaConfig,
+    AutoConfig,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
+    BlipImageProcessorPil,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from templates.image import ADDED_TOKENS, IMG_END, IMG_START, IMG_TOKEN
+from training.checkpoint import check_folder, check_model_paths, save_merged
 from training.config import ModelConfig
 from training.model import VisualCLAConfig, VisualCLAModel
 
@@ -143,7 +149,6 @@ def model_dtype(cfg: ModelConfig) -> torch.dtype | None:
 def build_model(cfg: ModelConfig, tokenizer, dtype: torch.dtype | None = None) -> VisualCLAModel:
     """Weights from the paths (vision, LLM, connector) or fresh from `init`; embeddings resized
     to the tokenizer (new rows initialised to the mean, as VisualCLA's new tokens)."""
-    from training.checkpoint import check_model_paths
 
     config = visualcla_config(cfg, tokenizer)
     check_model_paths(config)  # safetensors only, no custom code
@@ -167,7 +172,6 @@ def build_tokenizer_for(cfg: ModelConfig, texts=None):
 
     source = cfg.llm.tokenizer or cfg.llm.path
     if source:
-        from training.checkpoint import check_folder
 
         key = "model.llm.tokenizer" if cfg.llm.tokenizer else "model.llm.path"
         require_model_folder(key, source, config=key == "model.llm.path", tokenizer=True)
@@ -183,7 +187,6 @@ def prepare_base(cfg: ModelConfig, base_dir: Path, texts=None, seed: int = 0) ->
     """For a model built (partly) from `init`: build it once and save it in the merged layout
     (`vision_encoder/`, `text_encoder/`, `connector.safetensors`, tokenizer, processor), so every
     later stage, resume and export loads the same weights with `from_pretrained`. Idempotent."""
-    from training.checkpoint import save_merged
 
     base_dir = Path(base_dir)
     if (base_dir / "config.json").is_file():
@@ -193,9 +196,3 @@ def prepare_base(cfg: ModelConfig, base_dir: Path, texts=None, seed: int = 0) ->
     model = build_model(cfg, tokenizer, model_dtype(cfg))
     save_merged(model, tokenizer, build_image_processor(cfg), base_dir)
     return base_dir
-
-
-def image_processor_from(folder: Path, config) -> object:
-    """The image processor saved in a checkpoint folder (PIL backend: no torchvision needed)."""
-    cls = CLIPImageProcessorPil if config.vision_config.model_type == "clip_vision_model" else BlipImageProcessorPil
-    return cls.from_pretrained(str(folder))

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from templates.instructions import HintPolicy
 from templates.registry import get_template
 from templates.template import pairs_from_visualcla_history, render_turns
 from training.data import prompt_ids
@@ -46,20 +47,23 @@ class ChatModel:
     tokenizer: Any
     processor: Any
     template: str = "visualcla"
+    hint: HintPolicy = HintPolicy()
+    """The short-answer VQA hint the checkpoint's shards were rendered with (stage.json `prompt`):
+    `bot.hint.ask_short(question)` asks for a short answer as training did (what the eval does)."""
 
     @classmethod
     def load(cls, checkpoint: str | Path, dtype: torch.dtype | None = None) -> "ChatModel":
-        from training.checkpoint import load_for_inference
+        from training.checkpoint import load_for_inference, stage_hint
 
-        return cls(*load_for_inference(Path(checkpoint), dtype))
+        return cls(*load_for_inference(Path(checkpoint), dtype), hint=stage_hint(Path(checkpoint)))
 
     def pixel_values(self, images: list) -> torch.Tensor:
-        pil = [open_image(im) for im in images]
+        pil = [load_rgb_image(im) for im in images]
         pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
         return pixels.to(self.model.device)
 
 
-def open_image(image) -> Image.Image:
+def load_rgb_image(image) -> Image.Image:
     """An RGB PIL image from a PIL image, encoded bytes or a file path; ImageError if it is none."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")

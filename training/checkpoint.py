@@ -7,7 +7,8 @@ A stage folder (`runs/<name>/train/<stage>/`):
     non_lora_trainables.safetensors                   modules trained in full outside peft (if any)
     config.json                                       VisualCLAConfig (model_type "visualcla")
     tokenizer files, preprocessor_config.json
-    stage.json                                        base, init_from, template, trainable, recipe
+    stage.json                                        base, init_from, template, trainable, recipe, prompt
+                                                      (the shards' VQA hint + template: what eval and chat ask with)
     training_args.json, metrics.json
 
 `stage.json` names where the frozen weights come from (`base`: a merged folder, or null when the
@@ -40,11 +41,16 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers import BlipImageProcessorPil, CLIPImageProcessorPil
 
+from common.files import share_tree, write_json
+from common.layout import STAGE_FILE
+from common.storage import STORAGE_ERRNOS, WRITE_FAILED, StorageError, nearest_folder, storage_errno, storage_message
+from templates.instructions import PROMPT_RECORD, HintPolicy
 from training.model import VisualCLAConfig, VisualCLAModel
 
-STAGE_FILE = "stage.json"
 NON_LORA = "non_lora_trainables.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 """Weight files that are unpickled when loaded (pytorch_model.bin, adapter_model.bin, *.pt, ...)."""
@@ -100,34 +106,27 @@ def _json_object(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))  # open(): mode from the umask
-    os.replace(tmp, path)
+# ---- writing so that a killed or failed write never leaves a folder that looks finished --------
+
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+"""What a failed checkpoint write raises: OSError, torch.save's RuntimeError, safetensors' error."""
 
 
-def current_umask() -> int:
-    """The process umask from /proc (os.umask() reads it only by setting it, racing other threads);
-    without /proc, set and restored (0o077 meanwhile: a racing file is never made wider)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, ValueError, StopIteration):
-        mask = os.umask(0o077)
-        os.umask(mask)
-        return mask
+class CheckpointWriteError(StorageError):
+    """A checkpoint or stage folder could not be written (disk full, no permission, ...); the
+    message is common.storage's wording."""
 
 
-def share_modes(root: Path) -> None:
-    """Give `root` (a file, or each file under a folder) the mode open() gives under the umask
-    (0644 under 0022). safetensors >= 0.8 writes every file 0600 whatever the umask (it renames a
-    private temp file into place; safetensors#782), save_pretrained included: weights another user or
-    an upload tool could not read while the config beside them is readable."""
-    root = Path(root)
-    mode = 0o666 & ~current_umask()
-    for f in [root] if root.is_file() else root.rglob("*"):
-        if f.is_file() and not f.is_symlink():
-            os.chmod(f, mode)
+def checkpoint_write_error(what: str, path: Path, err: BaseException) -> CheckpointWriteError:
+    """The error to raise when writing `path` failed: what, where, the cause, and what to do."""
+    code = storage_errno(err)
+    cause, todo = STORAGE_ERRNOS[code] if code is not None else WRITE_FAILED
+    # a StorageError (from common.files) is already worded: keep only what it is about
+    detail = f"[Errno {code}] {os.strerror(code)}: {err.filename!r}" if isinstance(err, StorageError) and code else str(err)
+    return CheckpointWriteError(storage_message(
+        f"could not write the {what} {path}", cause, todo, nearest_folder(path, itself=True), detail=detail,
+        then="rerun with --resume: training continues from the last complete checkpoint (incomplete ones are "
+             "never used)"))
 
 
 # ---- merged layout ------------------------------------------------------------------------
@@ -148,7 +147,7 @@ def save_merged(model: VisualCLAModel, tokenizer, processor, out: Path) -> Path:
     tokenizer.save_pretrained(out)
     write_special_tokens_map(tokenizer, out)
     processor.save_pretrained(out)
-    share_modes(out)
+    share_tree(out, folders=False)  # safetensors writes 0600 whatever the umask
     return out
 
 
@@ -161,7 +160,7 @@ def write_special_tokens_map(tokenizer, out: Path) -> None:
     names = ("bos_token", "eos_token", "unk_token", "pad_token")
     data = {k: str(getattr(tokenizer, k)) for k in names if getattr(tokenizer, k, None) is not None}
     data["additional_special_tokens"] = [t for t in ADDED_TOKENS if t in tokenizer.get_vocab()]
-    _atomic_json(Path(out) / "special_tokens_map.json", data)
+    write_json(Path(out) / "special_tokens_map.json", data, sort_keys=False, default=str)
 
 
 def merged_config(folder: Path) -> VisualCLAConfig:
@@ -266,9 +265,9 @@ def save_stage(model, out: Path, *, config: VisualCLAConfig, tokenizer, processo
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
-    _atomic_json(out / STAGE_FILE, meta)
+    write_json(out / STAGE_FILE, meta, sort_keys=False, default=str)
     del base
-    share_modes(out)
+    share_tree(out, folders=False)  # safetensors writes 0600 whatever the umask
     return out
 
 
@@ -315,7 +314,6 @@ def load_for_inference(folder: Path, dtype: torch.dtype | None = None):
     """(model, tokenizer, image processor, template name) of a stage or merged folder, in eval mode."""
     from transformers import AutoTokenizer
 
-    from training.build import image_processor_from
 
     folder = Path(folder)
     model = load_stage(folder, dtype).eval()
@@ -340,9 +338,32 @@ def _template_from(folder: Path) -> str:
     return "visualcla"
 
 
+def stage_prompt(folder: Path) -> dict:
+    """The prompt record a stage folder keeps (stage.json `prompt`: the VQA hint its shards were rendered
+    with, its length rule, the template) or an export carries (prompt_template.json `prompt`); {} for a
+    folder written before the record existed."""
+    for file in (Path(folder) / STAGE_FILE, Path(folder) / TEMPLATE_FILE):
+        if file.is_file():
+            data = json.loads(file.read_text(encoding="utf-8"))
+            record = data.get(PROMPT_RECORD) if isinstance(data, dict) else None
+            return record if isinstance(record, dict) else {}
+    return {}
+
+
+def stage_hint(folder: Path) -> HintPolicy:
+    """The short-answer hint a checkpoint was trained with (`stage_prompt`; the defaults without one)."""
+    return HintPolicy.from_record(stage_prompt(folder))
+
+
 def find_stage(run_train_dir: Path, name: str) -> Path:
     """A stage's checkpoint inside the run folder (`train/<name>/`), which must be complete."""
     folder = Path(run_train_dir) / name
     if not (folder / STAGE_FILE).is_file():
         raise FileNotFoundError(f"{folder}: stage {name!r} has no finished checkpoint (train it first)")
     return folder
+
+
+def image_processor_from(folder: Path, config) -> object:
+    """The image processor saved in a checkpoint folder (PIL backend: no torchvision needed)."""
+    cls = CLIPImageProcessorPil if config.vision_config.model_type == "clip_vision_model" else BlipImageProcessorPil
+    return cls.from_pretrained(str(folder))

@@ -118,7 +118,7 @@ def prompt_ids(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: i
 # ---- shards -> units -> consumers ---------------------------------------------------------
 
 @dataclass(frozen=True)
-class Unit:
+class ShardUnit:
     file: str
     row_group: int
     rows: int
@@ -130,10 +130,11 @@ class Unit:
         return f"{Path(self.file).stem}.rg{self.row_group}.s{self.slice}of{self.slices}"
 
 
-def stage_files(shards_dir: Path, stage: str, split: str = "train") -> list[Path]:
-    """The Parquet shards of one stage and split (render's `data/<stage>/<split>/` layout)."""
+def subset_files(shards_dir: Path, subset: str, split: str = "train") -> list[Path]:
+    """The Parquet shards of one subset (`pretrain` / `sft`) and split (render's `data/<subset>/<split>/`
+    layout)."""
     shards_dir = Path(shards_dir)
-    for folder in (shards_dir / "data" / stage / split, shards_dir / stage / split):
+    for folder in (shards_dir / "data" / subset / split, shards_dir / subset / split):
         files = sorted(folder.glob("*.parquet"))
         if files:
             return files
@@ -143,22 +144,22 @@ def stage_files(shards_dir: Path, stage: str, split: str = "train") -> list[Path
     return files
 
 
-def shard_units(files: list[Path], consumers: int = 1) -> list[Unit]:
+def shard_units(files: list[Path], consumers: int = 1) -> list[ShardUnit]:
     """Every (file, row group) of the shards, split into row slices if there are fewer units than consumers."""
     import pyarrow.parquet as pq
 
     units = []
     for f in files:
         meta = pq.ParquetFile(f).metadata
-        units += [Unit(str(f), g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
+        units += [ShardUnit(str(f), g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
                   if meta.row_group(g).num_rows]
     if units and len(units) < consumers:
         k = math.ceil(consumers / len(units))
-        units = [Unit(u.file, u.row_group, len(range(s, u.rows, k)), s, k) for u in units for s in range(k)]
+        units = [ShardUnit(u.file, u.row_group, len(range(s, u.rows, k)), s, k) for u in units for s in range(k)]
     return units
 
 
-def assign_units(units: list[Unit], consumer: int, consumers: int, seed: int, pass_: int) -> list[Unit]:
+def assign_units(units: list[ShardUnit], consumer: int, consumers: int, seed: int, pass_: int) -> list[ShardUnit]:
     """This consumer's units for one pass: a seeded shuffle of its fixed share."""
     mine = units[consumer::consumers]
     rng = random.Random(f"{seed}:{consumer}:{pass_}")
@@ -166,7 +167,7 @@ def assign_units(units: list[Unit], consumer: int, consumers: int, seed: int, pa
     return mine
 
 
-def read_unit(unit: Unit, columns: list[str] = COLUMNS) -> list[dict[str, Any]]:
+def read_unit(unit: ShardUnit, columns: list[str] = COLUMNS) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     rows = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=columns).to_pylist()
@@ -194,7 +195,7 @@ class StreamConfig:
 class ShardStream(IterableDataset):
     """Ready batches from this rank's (and this worker's) shard units; see the module docstring."""
 
-    def __init__(self, units: list[Unit], tokenizer, collator: "Collator", cfg: StreamConfig) -> None:
+    def __init__(self, units: list[ShardUnit], tokenizer, collator: "Collator", cfg: StreamConfig) -> None:
         self.units, self.tokenizer, self.collator, self.cfg = units, tokenizer, collator, cfg
         self.skipped = 0
 
@@ -218,7 +219,7 @@ class ShardStream(IterableDataset):
                 raise RuntimeError(f"consumer {consumer}: no usable rows in its {len(self.units)} unit(s)")
             pass_ += 1
 
-    def examples(self, units: list[Unit]) -> Iterator[dict[str, Any]]:
+    def examples(self, units: list[ShardUnit]) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
         for unit in units:
             rows = read_unit(unit)
@@ -249,7 +250,7 @@ class ShardStream(IterableDataset):
             return []
         return [text for pair in pairs for text in pair]
 
-    def _batches(self, units: list[Unit], rng: random.Random) -> Iterator[dict[str, torch.Tensor]]:
+    def _batches(self, units: list[ShardUnit], rng: random.Random) -> Iterator[dict[str, torch.Tensor]]:
         cfg, size = self.cfg, self.cfg.batch_size
         buffer: list[dict] = []
         for ex in self.examples(units):
@@ -273,7 +274,7 @@ class ShardStream(IterableDataset):
         for b in batches:
             yield self.collator(b)
 
-    def _cached_features(self, unit: Unit) -> torch.Tensor:
+    def _cached_features(self, unit: ShardUnit) -> torch.Tensor:
         from safetensors.torch import load_file
 
         path = Path(self.cfg.feature_cache) / f"{unit.key}.safetensors"
@@ -316,5 +317,5 @@ class Collator:
         return self.image_processor(images=pil, return_tensors="pt")["pixel_values"]
 
 
-def count_rows(units: list[Unit]) -> int:
+def count_rows(units: list[ShardUnit]) -> int:
     return sum(u.rows for u in units)

@@ -4,9 +4,10 @@
 
 Each line is ``{image, question, answer, ...}``; `image` is relative to the corpus folder (the
 JSONL's grandparent, as in `DIR/heldout/eval_zh.jsonl`) or to the JSONL's own folder. The
-question gets the same short-answer hint the renderer appends to VQA questions
-(`templates.instructions.HintPolicy`), decoding is greedy, and the answer is cut at the
-template's stop string. Predictions are written next to the metrics when `out` is given.
+question gets the short-answer hint the checkpoint's shards appended to VQA questions (the
+render's `vqa_hint`, kept in stage.json `prompt`; `ChatModel.hint`), decoding is greedy, and the
+answer is cut at the template's stop string. Predictions (each with the `instruction` asked) are
+written next to the metrics when `out` is given.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from templates.instructions import HintPolicy
+from common.files import write_json, write_jsonl
 from training.chat import ChatModel, build_prompt, cut_at_stop
 from training.config import EvalConfig
 
@@ -42,7 +43,9 @@ def read_split(split: Path, limit: int | None = None) -> list[dict]:
     return items
 
 
-def resolve_image(split: Path, ref: str) -> Path:
+def split_image_path(split: Path, ref: str) -> Path:
+    """The file an eval split's `image` names: under the corpus folder (the split's grandparent) or
+    beside the split."""
     for base in (split.parent.parent, split.parent):
         if (base / ref).is_file():
             return base / ref
@@ -55,12 +58,12 @@ def evaluate(checkpoint: Path, split: Path, cfg: EvalConfig = EvalConfig(), out:
     split = Path(split)
     bot = bot or ChatModel.load(checkpoint)
     tok = bot.tokenizer
-    hint = HintPolicy().hint
     items = read_split(split, cfg.limit)
     correct, predictions = 0, []
     for s in range(0, len(items), cfg.batch_size):
         batch = items[s:s + cfg.batch_size]
-        prompts = [build_prompt(bot, f"{it['question']}\n{hint}", [], True) for it in batch]
+        asked = [bot.hint.ask_short(it["question"]) for it in batch]  # as the shards asked VQA questions
+        prompts = [build_prompt(bot, text, [], True) for text in asked]
         width = max(map(len, prompts))  # left padding, so every prompt ends where generation starts
         ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -69,23 +72,20 @@ def evaluate(checkpoint: Path, split: Path, cfg: EvalConfig = EvalConfig(), out:
             mask[i, width - len(p):] = 1
         out_ids = bot.model.generate(
             input_ids=ids.to(bot.model.device), attention_mask=mask.to(bot.model.device),
-            pixel_values=bot.pixel_values([resolve_image(split, it["image"]) for it in batch]),
+            pixel_values=bot.pixel_values([split_image_path(split, it["image"]) for it in batch]),
             max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
         )
-        for it, o in zip(batch, out_ids):
+        for it, text, o in zip(batch, asked, out_ids):
             pred = cut_at_stop(tok.decode(o, skip_special_tokens=True), bot.template).split("\n")[0]
             ok = normalize(pred) == normalize(it["answer"])
             correct += ok
-            predictions.append({"id": it.get("id"), "question": it["question"], "answer": it["answer"],
-                                "prediction": pred, "correct": bool(ok)})
+            predictions.append({"id": it.get("id"), "question": it["question"], "instruction": text,
+                                "answer": it["answer"], "prediction": pred, "correct": bool(ok)})
     metrics = {"accuracy": correct / max(1, len(items)), "n": len(items), "correct": correct,
-               "checkpoint": str(checkpoint), "split": str(split)}
+               "checkpoint": str(checkpoint), "split": str(split), "vqa_hint": bot.hint.hint}
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_predictions.jsonl").write_text(
-            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
-        (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_jsonl(Path(out) / "eval_predictions.jsonl", predictions, sort_keys=False)
+        write_json(Path(out) / "eval_metrics.json", metrics, sort_keys=False)
     metrics["examples"] = predictions[:5]
     return metrics

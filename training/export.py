@@ -32,9 +32,13 @@ from pathlib import Path
 
 import torch
 
+from common.files import share_tree
+from common.layout import STAGE_FILE
 from templates.image import IMG_END, IMG_START, IMG_TOKEN
 from templates.template import Template
-from training.checkpoint import TEMPLATE_FILE, load_stage, read_stage, save_merged, share_modes
+from training.checkpoint import (
+    TEMPLATE_FILE, image_processor_from, load_stage, read_stage, save_merged, stage_hint,
+)
 from training.model import VisualCLAModel
 
 FORMATS = ("merged", "llava-hf")
@@ -48,15 +52,13 @@ embeddings), so with them `generate(do_sample=False)` would stop matching our gr
 def export(checkpoint: Path, fmt: str, out: Path) -> Path:
     from transformers import AutoTokenizer
 
-    from training.build import image_processor_from
-
     checkpoint, out = Path(checkpoint), Path(out)
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     model = load_stage(checkpoint, merge=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=False)  # load_stage checked it
     processor = image_processor_from(checkpoint, model.config)
-    template = read_stage(checkpoint).get("template", "visualcla") if (checkpoint / "stage.json").is_file() else "visualcla"
+    template = read_stage(checkpoint).get("template", "visualcla") if (checkpoint / STAGE_FILE).is_file() else "visualcla"
     if fmt == "merged":
         save_merged(model, tokenizer, processor, out)
     else:
@@ -65,8 +67,9 @@ def export(checkpoint: Path, fmt: str, out: Path) -> Path:
         llava.generation_config = llava_generation_config(tokenizer)
         llava.save_pretrained(out)
         llava_proc.save_pretrained(out)
-        share_modes(out)  # save_pretrained writes safetensors 0600
-    (out / TEMPLATE_FILE).write_text(json.dumps({"template": template}))
+        share_tree(out, folders=False)  # save_pretrained writes safetensors 0600
+    prompt = {**stage_hint(checkpoint).to_record(), "template": template}  # the VQA hint: eval of the export asks the same
+    (out / TEMPLATE_FILE).write_text(json.dumps({"template": template, "prompt": prompt}))
     return out
 
 
@@ -226,7 +229,7 @@ def check_llava_export(checkpoint: Path, export_dir: Path, image, text: str, max
     with EOS at once is still compared token by token."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from training.chat import GREEDY, ChatModel, build_prompt, cut_at_stop, open_image
+    from training.chat import GREEDY, ChatModel, build_prompt, cut_at_stop, load_rgb_image
 
     greedy = {**GREEDY, "max_new_tokens": max_new_tokens}
     forced = {**greedy, "min_new_tokens": max_new_tokens}
@@ -244,7 +247,7 @@ def check_llava_export(checkpoint: Path, export_dir: Path, image, text: str, max
     llava = LlavaForConditionalGeneration.from_pretrained(str(export_dir)).eval()
     content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
     rendered = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = processor(text=rendered, images=[open_image(image)] if image is not None else None, return_tensors="pt")
+    inputs = processor(text=rendered, images=[load_rgb_image(image)] if image is not None else None, return_tensors="pt")
 
     def theirs(**kw) -> list[int]:
         return llava.generate(**inputs, **kw)[0, inputs["input_ids"].shape[1]:].tolist()

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from training.checkpoint import share_modes
-from training.data import Unit, read_unit
+from common.files import rename_into_place, staging_path
+from training.data import ShardUnit, read_unit
 
 
 LEVELS = {"vision": "image_features", "connector": "connector_features"}
@@ -61,7 +60,7 @@ def encode_images(model, pixels: torch.Tensor, level: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: int = 0, world: int = 1,
+def build_feature_cache(model, units: list[ShardUnit], collator, folder: Path, rank: int = 0, world: int = 1,
                         batch_size: int = 64, level: str = "vision") -> Path:
     """Encode this rank's units into `folder`; returns the folder."""
     folder = Path(folder)
@@ -70,7 +69,7 @@ def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: 
     model.eval()
     for unit in units[rank::world]:
         path = folder / f"{unit.key}.safetensors"
-        tmp = path.with_name(".tmp-" + path.name)
+        tmp = staging_path(path)
         tmp.unlink(missing_ok=True)  # what a killed run of this rank was writing
         if path.is_file():
             continue
@@ -88,7 +87,6 @@ def build_feature_cache(model, units: list[Unit], collator, folder: Path, rank: 
         else:
             out = torch.zeros((len(rows), 1, 1))
         save_file({"features": out.contiguous()}, str(tmp))
-        share_modes(tmp)  # safetensors writes 0600 whatever the umask
-        os.replace(tmp, path)
+        rename_into_place(tmp, path)  # the umask's mode (safetensors writes 0600), fsynced first
     model.train(was_training)
     return folder

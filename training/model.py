@@ -17,7 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig, Blip2QFormerModel, Blip2VisionModel, CLIPVisionModel, LlamaForCausalLM, PreTrainedConfig,
+    AutoConfig,
+    Blip2QFormerModel,
+    Blip2VisionModel,
+    CLIPVisionModel,
+    LlamaForCausalLM,
+    PreTrainedConfig,
     PreTrainedModel,
 )
 from transformers.configuration_utils import SubConfigSpec

@@ -1,6 +1,6 @@
-"""A tiny synthetic shard set (coloured shapes) in the render stage's layout, for tests and benchmarks.
+"""A tiny synthetic shard set (coloured shapes) in the render step's layout, for tests and benchmarks.
 
-    write_shards(Path("/tmp/shards"), num_images=64)   # data/{pretrain,sft}/train/*.parquet
+    write_synthetic_shards(Path("/tmp/shards"), num_images=64)   # data/{pretrain,sft}/train/*.parquet
 
 Rows follow `templates.rows.ROW_SCHEMA`; turns are rendered with the real templates
 (`none` for captions, `visualcla` for questions, multi-turn conversations and text-only rows).
@@ -23,7 +23,8 @@ from templates.template import render_turns
 
 COLOURS = {"红色": (220, 30, 30), "绿色": (30, 170, 60), "蓝色": (30, 60, 220), "黄色": (230, 200, 20),
            "紫色": (140, 40, 170)}
-SHAPES = {"圆形": "ellipse", "正方形": "rectangle", "三角形": "polygon"}
+SHAPE_DRAWERS = {"圆形": "ellipse", "正方形": "rectangle", "三角形": "polygon"}
+"""Shape name -> the `ImageDraw` method that draws it."""
 HINT = "请用一个词或短语回答。"
 
 
@@ -34,18 +35,18 @@ def draw(colour: str, shape: str, size: int = 64, seed: int = 0) -> bytes:
     s = rng.randint(size // 3, size // 2)
     x, y = rng.randint(2, size - s - 2), rng.randint(2, size - s - 2)
     box = [x, y, x + s, y + s]
-    if SHAPES[shape] == "polygon":
+    if SHAPE_DRAWERS[shape] == "polygon":
         d.polygon([(x + s // 2, y), (x, y + s), (x + s, y + s)], fill=COLOURS[colour])
     else:
-        getattr(d, SHAPES[shape])(box, fill=COLOURS[colour])
+        getattr(d, SHAPE_DRAWERS[shape])(box, fill=COLOURS[colour])
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _row(i: int, stage: str, template: str, pairs, image: bytes | None, task: str) -> dict:
+def _row(i: int, subset: str, template: str, pairs, image: bytes | None, task: str) -> dict:
     return {
-        "id": f"{stage}-{i:06d}", "source": "synthetic", "task": task, "lang": "zh", "stage": stage,
+        "id": f"{subset}-{i:06d}", "source": "synthetic", "task": task, "lang": "zh", "stage": subset,
         "template": template, "turns": render_turns(get_template(template), pairs, image=image is not None),
         "messages": [], "messages_en": None,
         "image": {"bytes": image, "path": f"{i:06d}.png"} if image is not None else None,
@@ -55,7 +56,7 @@ def _row(i: int, stage: str, template: str, pairs, image: bytes | None, task: st
 
 def make_rows(num_images: int, seed: int = 0, text_rows: int = 8):
     rng = random.Random(seed)
-    colours, shapes = list(COLOURS), list(SHAPES)
+    colours, shapes = list(COLOURS), list(SHAPE_DRAWERS)
     pretrain, sft = [], []
     for i in range(num_images):
         c, s = rng.choice(colours), rng.choice(shapes)
@@ -74,17 +75,17 @@ def make_rows(num_images: int, seed: int = 0, text_rows: int = 8):
     return pretrain, sft
 
 
-def write_shards(out: Path, num_images: int = 64, seed: int = 0, row_group_rows: int = 16,
-                 files_per_stage: int = 2) -> Path:
+def write_synthetic_shards(out: Path, num_images: int = 64, seed: int = 0, row_group_rows: int = 16,
+                           files_per_subset: int = 2) -> Path:
     out = Path(out)
     pretrain, sft = make_rows(num_images, seed)
-    for stage, rows in (("pretrain", pretrain), ("sft", sft)):
-        folder = out / "data" / stage / "train"
+    for subset, rows in (("pretrain", pretrain), ("sft", sft)):
+        folder = out / "data" / subset / "train"
         folder.mkdir(parents=True, exist_ok=True)
-        per = -(-len(rows) // files_per_stage)
-        for k in range(files_per_stage):
+        per = -(-len(rows) // files_per_subset)
+        for k in range(files_per_subset):
             part = rows[k * per:(k + 1) * per]
             table = pa.Table.from_pylist(part, schema=ROW_SCHEMA)
-            pq.write_table(table, folder / f"{stage}-train-{k:05d}-of-{files_per_stage:05d}.parquet",
+            pq.write_table(table, folder / f"{subset}-train-{k:05d}-of-{files_per_subset:05d}.parquet",
                            row_group_size=row_group_rows)
     return out

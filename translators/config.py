@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.env import check_env_name
+
 _SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|auth|sig", re.I)
 
 
@@ -78,11 +80,7 @@ class TranslatorConfig(_Section):
     @field_validator("api_key_env")
     @classmethod
     def _is_env_name(cls, v: str) -> str:
-        if not v.replace("_", "").isalnum() or not v[:1].isalpha() or v.upper() != v:
-            raise ValueError(
-                "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself"
-            )
-        return v
+        return check_env_name(v, "translator.api_key_env", "OPENAI_API_KEY")
 
 
 def unset_api_key_message(env_name: str) -> str:

@@ -15,12 +15,8 @@ killed run keeps everything it had received.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from common.files import sha256_file, write_jsonl
+from common.storage import SQLITE_STORAGE_ERRORS, StorageError, nearest_folder, storage_message
 from translators.placeholders import peel_edges
 from translators.protocol import Verdict
 
@@ -93,22 +91,10 @@ class MemoryImportError(ValueError):
     """A memory file that cannot be imported; the message names the file and line and what to do."""
 
 
-class MemoryWriteError(OSError):
+class MemoryWriteError(StorageError):
     """The memory file could not be opened or written (full disk, no permission); the message
-    names the file and what to do. SQLite rolled back the unfinished transaction: nothing is corrupt."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-_STORAGE_ERRORS = {
-    "SQLITE_FULL": ("the disk is full", "free some space on that file system"),
-    "SQLITE_IOERR": ("a write failed (usually a full disk or a file size limit)",
-                     "free some space on that file system (or raise the file size limit)"),
-    "SQLITE_READONLY": ("the file or its folder is read-only", "make {folder} writable for this user"),
-    "SQLITE_CANTOPEN": ("the file cannot be created or opened", "make {folder} writable for this user"),
-}
-"""SQLite error families a user can fix -> (what happened, what to do)."""
+    (common.storage's wording) names the file and what to do. SQLite rolled back the unfinished
+    transaction: nothing is corrupt."""
 
 
 @contextmanager
@@ -118,16 +104,14 @@ def storage_errors(path: Path) -> Iterator[None]:
         yield
     except sqlite3.OperationalError as err:
         name = getattr(err, "sqlite_errorname", "") or ""
-        family = next((k for k in _STORAGE_ERRORS if name.startswith(k)), None)
+        family = next((k for k in SQLITE_STORAGE_ERRORS if name.startswith(k)), None)
         if family is None:
             raise
-        cause, todo = _STORAGE_ERRORS[family]
-        folder = next((p for p in path.parents if p.exists()), Path("/"))
-        free = shutil.disk_usage(folder).free / 2**20
-        raise MemoryWriteError(
-            f"translation memory {path}: {cause} ({name}: {err}; {free:.0f} MiB free there). To fix: "
-            f"{todo.format(folder=folder)}, or set translator.memory_path to another place, then run the same "
-            "command again: every translation already stored is kept") from err
+        cause, todo = SQLITE_STORAGE_ERRORS[family]
+        raise MemoryWriteError(storage_message(
+            f"translation memory {path}", cause, todo, nearest_folder(path), detail=f"{name}: {err}",
+            instead="set translator.memory_path to another place",
+            then="run the same command again: every translation already stored is kept")) from err
 
 
 class TranslationMemory:
@@ -218,7 +202,7 @@ class TranslationMemory:
     def import_jsonl(self, path: str | Path) -> ImportReport:
         """Merge an exchange-format file; a file already imported (same bytes) is skipped."""
         path = Path(path)
-        digest = _sha256(path)
+        digest = sha256_file(path)
         with self._lock:
             seen = self._db.execute("SELECT 1 FROM imports WHERE sha256 = ?", (digest,)).fetchone()
         if seen:
@@ -253,7 +237,7 @@ class TranslationMemory:
             if (key, tgt_lang) != last:
                 out.append({"source": src, "target": dst, "source_lang": src_lang, "target_lang": tgt_lang})
                 last = (key, tgt_lang)
-        _write_jsonl_atomic(Path(path), out)
+        write_jsonl(path, out, sort_keys=False)
         return len(out)
 
     def counts(self) -> dict[str, int]:
@@ -307,37 +291,3 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield lineno, line
     except UnicodeDecodeError as e:
         raise MemoryImportError(f"{path}: after line {lineno}: not {encoding.upper()} text ({e.reason}); {todo}") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would hide the export from the group
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask from /proc (os.umask() reads it only by setting it, racing other threads);
-    without /proc, set and restored (0o077 meanwhile: a racing file is never made wider)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, ValueError, StopIteration):
-        mask = os.umask(0o077)
-        os.umask(mask)
-        return mask

@@ -29,7 +29,14 @@ import openai
 
 from translators.base import MemoryFirstTranslator, Missing
 from translators.batching import (
-    Reply, ReplyError, RequestFailed, SegmentOutcome, decode_reply, encode_units, pack, send_with_split,
+    Reply,
+    ReplyError,
+    RequestFailed,
+    SegmentOutcome,
+    decode_reply,
+    encode_units,
+    pack,
+    send_with_split,
 )
 from translators.config import TranslatorConfig, unset_api_key_message
 from translators.limits import Limits, RetryPolicy, parse_retry_after

@@ -36,7 +36,7 @@ class TranslatorReport:
         return (u.prompt_tokens * self.price_in_per_million + u.completion_tokens * self.price_out_per_million) / 1e6
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat keys, ready for `StageStats.extra`; the main counters appear even when zero."""
+        """Flat keys, ready for `StepStats.extra`; the main counters appear even when zero."""
         out: dict[str, Any] = {name: 0 for name in ALWAYS_REPORTED}
         out.update(self.counts)
         out.update({f"failed_{reason}": n for reason, n in self.failed.items()})

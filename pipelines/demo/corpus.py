@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.demo import alpaca, texts
-from pipelines.demo.scenes import Scene, draw_scene, sample_scene
+from pipelines.demo.scenes import Scene, draw_scene, image_name, sample_scene
 from pipelines.demo.texts import Pair, VQAItem
-from pipelines.io import sha256_file, share_tree
+from common.files import atomic_folder, sha256_file
 from pipelines.recipe import DemoConfig
 
 GENERATOR_VERSION = 2
@@ -57,17 +55,8 @@ def generate_demo(out_dir: str | Path, settings: DemoConfig | None = None) -> di
         return existing
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists():
         raise FileExistsError(f"{out_dir} exists and is not a demo corpus; choose an empty folder or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:  # modes as the umask says (safetensors writes 0600), fsynced
         manifest = _write_corpus(staging, out_dir, settings)
-        share_tree(staging)  # mkdtemp made it 0700, safetensors writes 0600: readable as the umask says
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -92,7 +81,7 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[
     }
     _write_eval_jsonl(staging / "heldout", heldout)
     if settings.vision_encoder is not None:
-        from pipelines.demo.vision import pretrain_vision_encoder
+        from pipelines.demo.vision import pretrain_vision_encoder  # torch: imported only when it is needed
 
         counts["vision_encoder"] = pretrain_vision_encoder(
             staging / "images", train, heldout, staging / "vision_encoder", settings.vision_encoder, settings.seed)
@@ -131,10 +120,6 @@ def _write_images(folder: Path, scenes: list[Scene]) -> None:
         buf = io.BytesIO()
         draw_scene(scene).save(buf, format="JPEG", quality=JPEG_QUALITY)
         (folder / image_name(scene.image_id)).write_bytes(buf.getvalue())
-
-
-def image_name(image_id: int) -> str:
-    return f"{image_id:06d}.jpg"
 
 
 def _write_captions(staging: Path, final_dir: Path, scenes: list[Scene], rng: random.Random,

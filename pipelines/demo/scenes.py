@@ -167,3 +167,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, center: tuple[float, float
         draw.polygon(points, fill=fill)
     else:
         raise ValueError(f"unknown shape kind {kind!r}")
+
+
+def image_name(image_id: int) -> str:
+    return f"{image_id:06d}.jpg"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipelines.recipe import SOURCE_KINDS, SourceConfig
-from pipelines.rejects import RejectWriter
+from pipelines.core.rejects import RejectWriter
 from pipelines.sources.alpaca import read_alpaca
 from pipelines.sources.coco import read_coco_captions
 from pipelines.sources.common import Item
@@ -27,7 +27,7 @@ from pipelines.sources.textvqa import read_textvqa
 from pipelines.sources.url_list import read_url_list, read_zh_pairs
 from pipelines.sources.validation import validate
 from pipelines.sources.vqav2 import read_vqav2
-from pipelines.stats import StageStats
+from pipelines.core.stats import StepStats
 from templates.schema import Record
 
 Reader = Callable[[SourceConfig], Iterator[Item]]
@@ -57,21 +57,21 @@ def read_items(cfg: SourceConfig) -> Iterator[Item]:
         yield item
 
 
-def read_source(cfg: SourceConfig, rejects: RejectWriter | None = None, stats: StageStats | None = None) -> Iterator[Record]:
+def read_source(cfg: SourceConfig, rejects: RejectWriter | None = None, stats: StepStats | None = None) -> Iterator[Record]:
     """Valid, unique records of one source. Everything else goes to `rejects`."""
     for _, record in read_located(cfg, rejects, stats):
         yield record
 
 
 def read_located(
-    cfg: SourceConfig, rejects: RejectWriter | None = None, stats: StageStats | None = None
+    cfg: SourceConfig, rejects: RejectWriter | None = None, stats: StepStats | None = None
 ) -> Iterator[tuple[str, Record]]:
     """(location, record) for the valid, unique records of one source.
 
     Counts `read` for every item in `stats` (the reject writer's stats by default).
     Duplicate ids are found with a set of 12-byte digests: ~60 bytes per record, so
     10 M records cost ~600 MB; shard the source beyond that."""
-    stats = stats if stats is not None else (rejects.stats if rejects is not None else StageStats("read"))
+    stats = stats if stats is not None else (rejects.stats if rejects is not None else StepStats("read"))
     seen: set[bytes] = set()
     for item in read_items(cfg):
         stats.count_read(cfg.name)

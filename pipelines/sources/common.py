@@ -10,12 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urljoin
 
+from common.image_refs import ImageRefError, check_scheme, is_url
 from pipelines.recipe import SourceConfig
 from templates.schema import IMAGE_PLACEHOLDER, Message, Record
 
-URL_SCHEMES = ("http", "https", "file")
 MAX_NESTING = 64
 """Deepest nesting of lists/objects an item may have. Real datasets nest 3-6 levels; a deeper
 item is rejected (`too_deeply_nested`) before anything recurses into it (copying, printing
@@ -90,37 +90,6 @@ def majority_answer(answers: list[str], preferred: str | None = None) -> str:
     best = max(counts.values())
     tied = [a for a in counts if counts[a] == best]  # Counter keeps first-seen order
     return preferred if preferred in tied else tied[0]
-
-
-class BadImageRef(ValueError):
-    """An image reference no stage may fetch; `reason` is image_url_invalid (cannot be parsed,
-    e.g. "http://[::1") or image_url_unsupported (another scheme: javascript:, data:, ftp:...)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def url_scheme(ref: str) -> str:
-    """The scheme of `ref` ("" for a plain path); BadImageRef if it cannot be parsed."""
-    try:
-        return urlparse(ref).scheme
-    except ValueError as err:
-        raise BadImageRef("image_url_invalid", f"image {ref!r}: cannot be parsed as a URL ({err})") from None
-
-
-def is_url(ref: str) -> bool:
-    return url_scheme(ref) in URL_SCHEMES
-
-
-def check_scheme(ref: str) -> str:
-    """`ref` if it is a path or an http(s)/file URL; BadImageRef otherwise. A one-letter scheme
-    is a Windows drive ("C:/x.jpg"), left to the download stage's path policy."""
-    scheme = url_scheme(ref)
-    if scheme and scheme not in URL_SCHEMES and len(scheme) > 1:
-        raise BadImageRef("image_url_unsupported",
-                          f"image {ref[:200]!r}: scheme {scheme!r} (only http, https and file are fetched)")
-    return ref
 
 
 def resolve_image(cfg: SourceConfig, ref: str | None = None, template: str | None = None, **fields: Any) -> str:
@@ -258,7 +227,7 @@ def to_item(location: str, row: Any, build: Callable[[], Record]) -> Item:
         return Item.bad(location, "missing_field", str(err), raw=row)
     except TooManyImages as err:
         return Item.bad(location, "too_many_images", str(err), raw=row)
-    except BadImageRef as err:
+    except ImageRefError as err:
         return Item.bad(location, err.reason, str(err), raw=row)
     except ValueError as err:
         return Item.bad(location, "image_template_error", str(err), raw=row)

@@ -21,9 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import (
-    Item, need, resolve_image, single_image, source_lang, to_item, to_messages,
-)
+from pipelines.sources.common import Item, need, resolve_image, single_image, source_lang, to_item, to_messages
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import IMAGE_PLACEHOLDER, Record, make_id
 

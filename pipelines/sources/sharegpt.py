@@ -15,7 +15,14 @@ from typing import Any
 
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    content_id, Item, MissingField, resolve_image, single_image, source_lang, to_item, to_messages,
+    content_id,
+    Item,
+    MissingField,
+    resolve_image,
+    single_image,
+    source_lang,
+    to_item,
+    to_messages,
 )
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_items
 from templates.schema import Record, make_id

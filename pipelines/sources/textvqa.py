@@ -15,7 +15,14 @@ from collections.abc import Iterator
 
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    Item, majority_answer, MissingField, need, qa_messages, resolve_image, source_lang, to_item,
+    Item,
+    majority_answer,
+    MissingField,
+    need,
+    qa_messages,
+    resolve_image,
+    source_lang,
+    to_item,
 )
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import Record, make_id

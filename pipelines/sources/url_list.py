@@ -26,14 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from common.image_refs import ImageRefError
 from pipelines.recipe import RecipeError, SourceConfig
 from pipelines.sources.common import (
-    BadImageRef, Item, caption_messages, content_id, deep_item, resolve_image, source_lang,
+    Item,
+    caption_messages,
+    content_id,
+    deep_item,
+    resolve_image,
+    source_lang,
 )
 from pipelines.sources.jsonstream import BOM, JsonStreamError, iter_json_lines, open_text
 from templates.schema import Record, make_id
 
-FORMATS = ("parquet", "csv", "tsv", "jsonl", "csv.gz", "tsv.gz", "jsonl.gz")
+LIST_FORMATS = ("parquet", "csv", "tsv", "jsonl", "csv.gz", "tsv.gz", "jsonl.gz")
 PARQUET_BATCH_ROWS = 8192
 URL_LIKE = re.compile(r"\s*(https?|file)://", re.IGNORECASE)
 
@@ -70,12 +76,12 @@ def _read(cfg: SourceConfig, lang: str) -> Iterator[Item]:
 
 def list_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if file_format(p) in FORMATS)
+        files = sorted(p for p in path.iterdir() if file_format(p) in LIST_FORMATS)
         if not files:
-            raise FileNotFoundError(f"{path}: no URL-list files in this folder (looked for *.{', *.'.join(FORMATS)})")
+            raise FileNotFoundError(f"{path}: no URL-list files in this folder (looked for *.{', *.'.join(LIST_FORMATS)})")
         return files
-    if file_format(path) not in FORMATS:
-        raise ValueError(f"{path}: unknown URL-list format (expected one of: {', '.join(FORMATS)})")
+    if file_format(path) not in LIST_FORMATS:
+        raise ValueError(f"{path}: unknown URL-list format (expected one of: {', '.join(LIST_FORMATS)})")
     return [path]
 
 
@@ -209,7 +215,7 @@ def row_to_item(cfg: SourceConfig, row: dict[str, Any], location: str, lang: str
     meta = {k: _plain(v) for k, v in row.items() if k not in (cfg.url_col, cfg.caption_col)}
     try:
         image = resolve_image(cfg, url)
-    except BadImageRef as err:
+    except ImageRefError as err:
         return Item.bad(location, err.reason, str(err), raw=row)
     record = Record(
         id=make_id(cfg.name, original_id),

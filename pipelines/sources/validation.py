@@ -1,7 +1,7 @@
 """Checks every record passes at read time, before any image is fetched.
 
 A check returns None (keep) or `(reason, detail)` (reject), datatrove-style. The reasons
-are the keys counted in the stage report:
+are the keys counted in the step's report:
 
     invalid_utf8          text that is not valid UTF-8 (bad bytes in the source file)
     no_messages           an empty conversation
@@ -19,7 +19,7 @@ import json
 
 from templates.schema import IMAGE_PLACEHOLDER, Record
 
-Verdict = tuple[str, str] | None
+Rejection = tuple[str, str] | None
 
 MAX_TURN_CHARS = 100_000
 """One message (~25k tokens): longer than any context we train at, so it could only be cut."""
@@ -32,7 +32,7 @@ MAX_META_CHARS = 100_000
 """`meta` serialised as JSON (VQAv2's ten answers and ids are ~1 KB)."""
 
 
-def validate(record: Record) -> Verdict:
+def validate(record: Record) -> Rejection:
     """The first failed check's (reason, detail), or None when the record is usable."""
     for check in (check_sizes, check_utf8, check_turns, check_image_count):
         verdict = check(record)
@@ -41,7 +41,7 @@ def validate(record: Record) -> Verdict:
     return None
 
 
-def check_sizes(record: Record) -> Verdict:
+def check_sizes(record: Record) -> Rejection:
     """Oversized fields are rejected before anything else looks at them (limits above)."""
     if len(record.messages) > MAX_TURNS:
         return "field_too_long", f"messages: {len(record.messages):,} turns (limit {MAX_TURNS})"
@@ -65,7 +65,7 @@ def check_sizes(record: Record) -> Verdict:
     return None
 
 
-def check_utf8(record: Record) -> Verdict:
+def check_utf8(record: Record) -> Rejection:
     texts = [("image", record.image)] + [(f"messages[{i}]", m.get("content")) for i, m in enumerate(record.messages)]
     for where, text in texts:
         if isinstance(text, str) and not _is_utf8(text):
@@ -83,7 +83,7 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def check_turns(record: Record) -> Verdict:
+def check_turns(record: Record) -> Rejection:
     if not record.messages:
         return "no_messages", "the record has no turns"
     for i, message in enumerate(record.messages):
@@ -102,7 +102,7 @@ def check_turns(record: Record) -> Verdict:
     return None
 
 
-def check_image_count(record: Record) -> Verdict:
+def check_image_count(record: Record) -> Rejection:
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in record.messages)
     images = 0 if record.image is None else 1
     if placeholders != images:

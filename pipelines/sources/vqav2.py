@@ -17,15 +17,24 @@ from collections.abc import Iterator
 from itertools import zip_longest
 from typing import Any
 
+from common.image_refs import ImageRefError
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    BadImageRef, Item, MissingField, deep_item, majority_answer, need, pick_template, qa_messages, resolve_image,
-    source_lang, too_deep,
+    Item,
+    MissingField,
+    deep_item,
+    majority_answer,
+    need,
+    pick_template,
+    qa_messages,
+    resolve_image,
+    source_lang,
+    too_deep,
 )
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import Record, make_id
 
-TEMPLATES = ["COCO_{data_subtype}_{image_id:012d}.jpg", "{image_id:012d}.jpg", "{image_id:06d}.jpg", "{image_id}.jpg"]
+IMAGE_TEMPLATES = ["COCO_{data_subtype}_{image_id:012d}.jpg", "{image_id:012d}.jpg", "{image_id:06d}.jpg", "{image_id}.jpg"]
 
 
 def read_vqav2(cfg: SourceConfig) -> Iterator[Item]:
@@ -42,11 +51,11 @@ def read_vqav2(cfg: SourceConfig) -> Iterator[Item]:
         try:
             if template is None:
                 fields = {"image_id": need(question, "image_id", int), "data_subtype": _subtype(header)}
-                template = pick_template(cfg, TEMPLATES, fields)
+                template = pick_template(cfg, IMAGE_TEMPLATES, fields)
             yield Item(location=location, record=make_record(cfg, question, annotation, header, template))
         except MissingField as err:
             yield Item.bad(location, "missing_field", str(err), raw=question)
-        except BadImageRef as err:
+        except ImageRefError as err:
             yield Item.bad(location, err.reason, str(err), raw=question)
         except ValueError as err:
             yield Item.bad(location, "image_template_error", str(err), raw=question)

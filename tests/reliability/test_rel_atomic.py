@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipelines.io import TMP_PREFIX, atomic_open, clean_stale_temp_files, write_json
+from common.files import TMP_PREFIX, atomic_open, clean_stale_temp_files, write_json
 from translators.memory import TranslationMemory
 from translators.protocol import Verdict
 
@@ -44,7 +44,7 @@ def test_a_reader_polling_a_file_rewritten_in_place_only_ever_sees_whole_version
 _KILLED_WRITER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from pipelines.io import atomic_open
+from common.files import atomic_open
 with atomic_open({target!r}, "w") as f:
     f.write("x" * 100_000)
     f.flush()
@@ -129,7 +129,7 @@ def test_a_memory_write_killed_before_its_commit_leaves_only_the_committed_rows(
 def test_an_img2dataset_shard_marker_cut_off_by_a_kill_makes_the_shard_fetch_again(tmp_path):
     """img2dataset writes `<shard>_stats.json` in place; a kill between creating and filling it (seen
     once in the download crash chain) left an empty marker that counted the shard as done."""
-    from pipelines.download import drop_broken_shard_markers
+    from pipelines.steps.download.download import drop_broken_shard_markers
 
     (tmp_path / "00000_stats.json").write_text("")
     (tmp_path / "00001_stats.json").write_text('{"count": 16, "successes"')

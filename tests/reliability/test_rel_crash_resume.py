@@ -26,8 +26,21 @@ from pathlib import Path
 import pytest
 from support.crash import Call, kill_group, run_vcla, start_vcla
 from support.rel_runs import (
-    DATA, TRAIN, TRAIN_ARGS, assert_complete, assert_not_done_and_nothing_half_written, assert_same_records, digest,
-    failed_with, fresh_run, records, sha256, stale_temp_files, train_reference, vcla_args, visible,
+    DATA,
+    TRAIN,
+    TRAIN_ARGS,
+    assert_complete,
+    assert_not_done_and_nothing_half_written,
+    assert_same_records,
+    digest,
+    failed_with,
+    fresh_run,
+    records,
+    sha256,
+    stale_temp_files,
+    train_reference,
+    vcla_args,
+    visible,
 )
 
 pytestmark = pytest.mark.xdist_group("reliability")
@@ -55,7 +68,7 @@ def assert_nothing_left_over(run: Path, stage: str) -> None:
     assert stale_temp_files(run) == []
     for work in ("_work", ".read", "images/_tmp"):
         assert not (run / stage / work).exists(), f"{run / stage / work} left behind"
-    assert json.loads((run / stage / "_FLOW.json").read_text())["fingerprint"]
+    assert json.loads((run / stage / "_SUCCESS").read_text())["flow"]["fingerprint"]
 
 
 # ---- download ---------------------------------------------------------------------------------
@@ -125,7 +138,7 @@ def check_download_visible(run: Path, reference: Path) -> None:
     """Visible records files are whole and equal the uninterrupted run's; images of finished shards
     too (an unfinished img2dataset shard, one without `_stats.json`, is img2dataset's work area)."""
     out, want = run / "download", reference / "download"
-    assert not (out / "_SUCCESS").exists() and not (out / "_FLOW.json").exists()
+    assert not (out / "_SUCCESS").exists()
     wanted = records(want, reference)
     for path in (out / "records").glob("*.jsonl"):
         assert_complete(path)
@@ -149,7 +162,7 @@ def test_translate_killed_three_times_resumes_to_the_same_records(reference, env
     check_translate_visible(run, reference)
     assert memory_rows(memory) == (memory_rows(reference / "translation-memory.sqlite")[0], 0)
     # 2. in the middle of a records file: n windows of 32 records written to its temp file
-    kill(args, Call("pipelines.translate:_write", n=rng.randint(2, 12), when="after"), env, tmp_path / "2.log")
+    kill(args, Call("pipelines.steps.translate:_write", n=rng.randint(2, 12), when="after"), env, tmp_path / "2.log")
     check_translate_visible(run, reference)
     # 3. a records file complete in its temp file, not yet renamed into place
     kill(args, Call("os:replace", n=rng.randint(1, 4), under=str(out / "records" / ".tmp-")), env, tmp_path / "3.log")
@@ -177,7 +190,7 @@ def memory_rows(path: Path) -> tuple[int, int]:
 
 def check_translate_visible(run: Path, reference: Path) -> None:
     out = run / "translate"
-    assert not (out / "_SUCCESS").exists() and not (out / "_FLOW.json").exists()
+    assert not (out / "_SUCCESS").exists()
     for path in visible(out):
         assert_complete(path)
         if path.parent.name == "records":
@@ -193,11 +206,11 @@ def test_render_killed_three_times_resumes_to_the_same_shards(reference, env, tm
     out, args = run / "render", vcla_args("render", run)
 
     # 1. in the middle of a shard: n row groups written to its .part file
-    kill(args, Call("pipelines.shards:ShardWriter._write_row_group", n=rng.randint(1, 8), when="after"), env,
+    kill(args, Call("pipelines.steps.render.shards:ShardWriter._write_row_group", n=rng.randint(1, 8), when="after"), env,
          tmp_path / "1.log")
     check_render_visible(run, reference)
     # 2. while moving finished shards into place: n of the 4 (config, split) sets done
-    kill(args, Call("pipelines.shards:finalize", n=rng.randint(1, 3), when="after"), env, tmp_path / "2.log")
+    kill(args, Call("pipelines.steps.render.render:finalize", n=rng.randint(1, 3), when="after"), env, tmp_path / "2.log")
     check_render_visible(run, reference)
     # 3. writing the manifest, card, stats and marker: the n-th is complete in its temp file
     kill(args, Call("os:replace", n=rng.randint(1, 4), under=str(out / ".tmp-")), env, tmp_path / "3.log")
@@ -225,7 +238,7 @@ def pq_ids(path: Path) -> list[str]:
 def check_render_visible(run: Path, reference: Path) -> None:
     """Every visible shard equals the reference's, and the shard set is all there or not there."""
     out, ref = run / "render", reference / "render"
-    assert not (out / "_SUCCESS").exists() and not (out / "_FLOW.json").exists()
+    assert not (out / "_SUCCESS").exists()
     for path in visible(out):
         assert_complete(path)
     shards = digest(out, "data/**/*.parquet")
@@ -260,7 +273,7 @@ def test_train_killed_three_times_and_out_of_disk_once_resumes_to_the_same_step_
     kill(args, Call("transformers.trainer_callback:TrainerState.save_to_json", n=k), env, tmp_path / "3.log")
     check_train_visible(run)
     # 4. between two checkpoints, at the n-th optimizer step of the resumed run
-    kill(args, Call("training.run:VisualCLATrainer.training_step", n=rng.randint(1, 3)), env, tmp_path / "4.log")
+    kill(args, Call("training.trainer:VisualCLATrainer.training_step", n=rng.randint(1, 3)), env, tmp_path / "4.log")
     check_train_visible(run)
 
     finish_run(args, env, tmp_path / "5.log")

@@ -17,8 +17,13 @@ from pathlib import Path
 import pytest
 from support.crash import run_vcla
 from support.rel_runs import (
-    assert_not_done_and_nothing_half_written, digest, failed_with, fresh_run, records,
-    stale_temp_files, vcla_args,
+    assert_not_done_and_nothing_half_written,
+    digest,
+    failed_with,
+    fresh_run,
+    records,
+    stale_temp_files,
+    vcla_args,
 )
 
 pytestmark = pytest.mark.xdist_group("reliability")
@@ -71,14 +76,14 @@ def test_translation_memory_on_a_full_disk_is_rolled_back_and_the_rerun_matches(
 def test_a_real_enospc_from_the_kernel_names_the_file_and_says_to_free_space(tmp_path):
     """/dev/full fails every write with ENOSPC: the rejection log of a stage pointed at it (a symlink)
     gets the kernel's own "no space left", and the message names the log, not /dev/full's folder."""
-    from pipelines.io import StorageError
-    from pipelines.rejects import RejectWriter
-    from pipelines.stats import StageStats
+    from common.storage import StorageError
+    from pipelines.core.rejects import RejectWriter
+    from pipelines.core.stats import StepStats
 
     (tmp_path / "rejected").mkdir()
     (tmp_path / "rejected" / "render.jsonl").symlink_to("/dev/full")
     try:
-        with RejectWriter(tmp_path / "rejected", "render", StageStats("render")) as rejects:
+        with RejectWriter(tmp_path / "rejected", "render", StepStats("render")) as rejects:
             rejects.reject(source="coco", reason="bad_record", detail="x" * 100)
     except StorageError as err:
         message = str(err)

@@ -27,7 +27,7 @@ UMASKS = [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)]
 def _render(root: Path) -> None:
     """The render stage on 4 captions (with images), 4 text records and a broken line."""
     from pipelines.recipe import RenderConfig, load_recipe
-    from pipelines.render import run_render
+    from pipelines.steps.render.render import run_render
     from templates.schema import make_id
 
     src = root / "translate"
@@ -66,14 +66,14 @@ def _training(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from training import run
-    from training.checkpoint import _atomic_json
+    from common.files import TMP_PREFIX, write_json
+    from training import run, trainer
     from training.data import shard_units
     from training.features import build_feature_cache
 
     train = root / "train"
-    run.start_afresh(train / "stage1", "key")  # run_key.json through write_json_atomic
-    _atomic_json(train / "stage1" / "stage.json", {"stage": "stage1"})
+    run.start_afresh(train / "stage1", "key")  # run_key.json through common.files.write_json
+    write_json(train / "stage1" / "stage.json", {"stage": "stage1"}, sort_keys=False)  # as save_stage writes it
 
     def fake_prepare_base(cfg, staging: Path, texts, seed) -> Path:
         (staging / "text_encoder").mkdir(parents=True)
@@ -84,12 +84,12 @@ def _training(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run, "prepare_base", fake_prepare_base)
     run.build_base_once(None, train / "base", root / "render", seed=0)
 
-    staged = train / "stage1" / "checkpoints" / f"{run.TMP_PREFIX}2" / "checkpoint-2"
+    staged = train / "stage1" / "checkpoints" / f"{TMP_PREFIX}2" / "checkpoint-2"
     staged.mkdir(parents=True)
-    save_file({"w": torch.zeros(2)}, str(staged / run.TRAINABLE_FILE))
+    save_file({"w": torch.zeros(2)}, str(staged / trainer.TRAINABLE_FILE))
     (staged / "trainer_state.json").write_text("{}")
-    trainer = SimpleNamespace(args=SimpleNamespace(save_total_limit=None))
-    run.VisualCLATrainer._move_into_place(trainer, staged, staged.parent.parent / "checkpoint-2")
+    hf_trainer = SimpleNamespace(args=SimpleNamespace(save_total_limit=None))
+    trainer.VisualCLATrainer._move_into_place(hf_trainer, staged, staged.parent.parent / "checkpoint-2")
 
     no_images = pa.array([None, None], type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     pq.write_table(pa.table({"image": no_images}), root / "text-rows.parquet")

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.download import SPOOL, collect
+from pipelines.steps.download.download import SPOOL, collect
 from pipelines.recipe import Recipe
-from pipelines.rejects import RejectWriter
-from pipelines.stats import StageStats
+from pipelines.core.rejects import RejectWriter
+from pipelines.core.stats import StepStats
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -77,7 +77,7 @@ def layout(kind: str, items: list[Any], extra: Any) -> dict[str, str]:
             "ann.json": _dump({"annotations": list(reversed(items))})}
 
 
-def run_collect(tmp: Path, kind: str, files: dict[str, bytes]) -> tuple[StageStats, list[dict], int]:
+def run_collect(tmp: Path, kind: str, files: dict[str, bytes]) -> tuple[StepStats, list[dict], int]:
     """collect() over one source whose files hold `files`; returns (stats, rejection rows, spooled)."""
     for name, content in files.items():
         (tmp / name).write_bytes(content)
@@ -91,7 +91,7 @@ def run_collect(tmp: Path, kind: str, files: dict[str, bytes]) -> tuple[StageSta
         "download": {"allowed_file_roots": [str(tmp / "images")]},
     })
     out = tmp / "out"
-    stats = StageStats("download")
+    stats = StepStats("download")
     with RejectWriter(out / "rejected", "download", stats) as rejects:
         collect(recipe, out, rejects)
     raw = (out / "rejected" / "download.jsonl").read_bytes()
@@ -101,7 +101,7 @@ def run_collect(tmp: Path, kind: str, files: dict[str, bytes]) -> tuple[StageSta
     return stats, rows, spooled
 
 
-def check_accounting(stats: StageStats, rows: list[dict], spooled: int) -> None:
+def check_accounting(stats: StepStats, rows: list[dict], spooled: int) -> None:
     assert stats.read == spooled + len(rows) == spooled + stats.rejected_total
     assert all(r["reason"] and isinstance(r["detail"], str) for r in rows)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from support.image_server import jpeg_bytes
 
-from pipelines.download import ImageRefError, image_url, run_download
+from pipelines.steps.download.download import ImageRefError, image_url, run_download
 from pipelines.recipe import Recipe, RecipeError
-from pipelines.render import run_render
+from pipelines.steps.render.render import run_render
 from pipelines.sources.validation import MAX_IMAGE_REF_CHARS, MAX_META_CHARS, MAX_TURN_CHARS, MAX_TURNS
-from pipelines.translate import run_translate
+from pipelines.steps.translate import run_translate
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9._-]*$")  # _SUCCESS, .stale folders, shard names
 OK_TURNS = [{"from": "human", "value": "<image>\n这是什么？"}, {"from": "gpt", "value": "一只猫。"}]

@@ -31,10 +31,10 @@ from support.chat_server import ChatServer
 from support.hub_server import FakeHub
 from support.translate_fixtures import make_recipe, read_jsonl, record, write_records
 
-from pipelines.publish import PublishError, run_publish
+from pipelines.steps.publish import PublishError, run_publish
 from pipelines.recipe import RecipeError, load_recipe
-from pipelines.stages import StageFailed
-from pipelines.translate import run_translate
+from pipelines.core.errors import StepFailed
+from pipelines.steps.translate import run_translate
 from translators.config import TranslatorConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ def test_translate_with_auth_echoed_in_error_bodies_never_writes_or_prints_the_k
         recipe = make_recipe(tmp_path / "again", backend="openai", base_url=other.base_url, api_key_env=KEY_ENV,
                              model="test-model")
         (tmp_path / "again").mkdir()
-        with pytest.raises(StageFailed, match="HTTP 401") as err:  # the stage reports the translator's error
+        with pytest.raises(StepFailed, match="HTTP 401") as err:  # the stage reports the translator's error
             run_translate(recipe, tmp_path / "download", tmp_path / "again" / "translate")
 
     rejected = read_jsonl(tmp_path / "translate" / "rejected" / "translate.jsonl")

@@ -22,7 +22,7 @@ import pytest
 from support.chat_server import ChatServer
 from support.translate_fixtures import make_recipe, read_jsonl, record, write_records
 
-from pipelines.translate import run_translate
+from pipelines.steps.translate import run_translate
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV, KEY = "VCLA_LOAD_TEST_KEY", "sk-load-test-local"

@@ -29,7 +29,7 @@ from training.checkpoint import UnsafeCheckpointError, load_for_inference, load_
 from training.config import ModelConfig, StageConfig
 from training.export import export
 from training.run import train_stage
-from training.synthetic import write_shards
+from training.synthetic import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.xdist_group("rel_weights")
@@ -70,7 +70,7 @@ def plant_pickle(path: Path, marker: Path) -> None:
 def trained(tmp_path_factory) -> Path:
     """run/train/{base, stage1} from a real 2-step LoRA training (checkpoint-2 kept)."""
     root = tmp_path_factory.mktemp("weights")
-    shards = write_shards(root / "shards", num_images=8, row_group_rows=8)
+    shards = write_synthetic_shards(root / "shards", num_images=8, row_group_rows=8)
     train_stage(model_cfg(), "stage1", stage_cfg(), shards, root / "run" / "train" / "stage1")
     return root
 
@@ -145,7 +145,11 @@ def test_user_model_paths_with_pickle_weights_are_refused_before_loading(run, ma
 
 EVIL_MODULE = """from pathlib import Path
 Path({marker!r}).write_text("custom code ran")
-from transformers import LlamaConfig as EvilConfig, LlamaForCausalLM as EvilModel, PreTrainedTokenizerFast as EvilTokenizer
+from transformers import (
+    LlamaConfig as EvilConfig,
+    LlamaForCausalLM as EvilModel,
+    PreTrainedTokenizerFast as EvilTokenizer,
+)
 """
 
 

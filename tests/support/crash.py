@@ -204,15 +204,16 @@ def _child_main() -> int:
     spec = json.loads(sys.argv[1])
     for point in spec["points"]:
         (_install_call if point["kind"] == "call" else _install_files)(point, spec["note"])
-    from pipelines.cli import build_parser, main
+    from pipelines.cli.main import build_parser, main
 
     if not spec["direct"]:
         return main(sys.argv[2:])
     from pipelines.recipe import load_recipe
-    from pipelines.stages import STAGES
+    from pipelines.orchestration.registry import STEPS
 
     args = build_parser().parse_args(sys.argv[2:])
-    STAGES[args.command].run(load_recipe(args.recipe, args.overrides, args.run_dir), args)
+    step = STEPS[args.command]
+    step.run(load_recipe(args.recipe, args.overrides, args.run_dir), step.make_options(vars(args)))
     return 0
 
 

@@ -7,7 +7,6 @@ through `vcla` and compare the result with it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -43,11 +42,11 @@ def vcla_args(stage: str, run_dir: Path, *extra: str, settings: list[str] = DATA
 def run_stages(run: Path, *names: str) -> Path:
     """Run stages in-process, uninterrupted, with the DATA settings."""
     from pipelines.recipe import load_recipe
-    from pipelines.stages import STAGES
+    from pipelines.orchestration.registry import STEPS
 
     recipe = load_recipe(RECIPE, DATA, run)
     for name in names:
-        STAGES[name].run(recipe, argparse.Namespace(command=name))
+        STEPS[name].run(recipe, STEPS[name].make_options())
     return run
 
 
@@ -160,7 +159,7 @@ def failed_with(result, *words: str) -> str:
 def assert_not_done_and_nothing_half_written(out: Path, unfinished: tuple[str, ...] = ()) -> None:
     """Not marked done, no temp file, every visible file whole (`unfinished`: img2dataset shards
     without `_stats.json`, its own work area, which no reader uses)."""
-    assert not (out / "_SUCCESS").exists() and not (out / "_FLOW.json").exists()
+    assert not (out / "_SUCCESS").exists()
     assert stale_temp_files(out) == []
     for path in visible(out):
         if path.parent.name == "images" and path.name[:5] in unfinished or path.parent.name in unfinished:

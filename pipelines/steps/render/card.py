@@ -18,14 +18,15 @@ from typing import Any
 
 import yaml
 
-from pipelines.io import atomic_open, write_json
-from pipelines.shards import ShardFile
-from pipelines.stats import StageStats
+from common.files import atomic_open, write_json
+from common.layout import MANIFEST_FILE, MANIFEST_FORMAT
+from pipelines.steps.render.shards import ShardFile
+from pipelines.core.stats import StepStats
 from templates.image import IMAGE_BLOCK
+from templates.instructions import PROMPT_RECORD, HintPolicy
 from templates.registry import get_template
-from templates.rows import ROW_COLUMNS, SPLITS, yaml_features
+from templates.rows import ROW_COLUMNS, SPLITS, SUBSETS, yaml_features
 
-MANIFEST_FORMAT = "visualcla-forge/shards"
 MANIFEST_VERSION = 1
 PACKAGES = ("visualcla-forge", "pyarrow", "datasets", "pillow", "numpy")
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
@@ -33,9 +34,9 @@ SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user
 Shards = dict[tuple[str, str], list[ShardFile]]
 
 
-def write_card_files(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StageStats) -> None:
+def write_card_files(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StepStats) -> None:
     manifest = build_manifest(out_dir, recipe, shards, counts, stats)
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(out_dir / MANIFEST_FILE, manifest)
     write_json(out_dir / "dataset_info.json", llamafactory_info(recipe, shards))
     with atomic_open(out_dir / "README.md", "w", encoding="utf-8") as f:
         f.write(dataset_card(recipe, shards, manifest))
@@ -55,12 +56,12 @@ def _relative(out_dir: Path, shard: ShardFile) -> str:
     return shard.path.relative_to(out_dir).as_posix()
 
 
-def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StageStats) -> dict:
+def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StepStats) -> dict:
     by_split, by_source, by_task = Counter(), defaultdict(Counter), defaultdict(Counter)
-    for (stage, split, source, task), n in sorted(counts.items()):
-        by_split[f"{stage}/{split}"] += n
-        by_source[source][f"{stage}/{split}"] += n
-        by_task[task][f"{stage}/{split}"] += n
+    for (subset, split, source, task), n in sorted(counts.items()):
+        by_split[f"{subset}/{split}"] += n
+        by_source[source][f"{subset}/{split}"] += n
+        by_task[task][f"{subset}/{split}"] += n
     render = recipe.render
     return {
         "format": MANIFEST_FORMAT,
@@ -72,10 +73,11 @@ def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, 
             "sft": asdict(get_template(render.sft_template)),
         },
         "image_block": {"marker": IMAGE_BLOCK, "expands_to": "<img> + N x <img_token> + </img>"},
+        PROMPT_RECORD: prompt_record(render),
         "shards": [
-            {"path": _relative(out_dir, f), "config": stage, "split": split, "rows": f.rows, "bytes": f.bytes,
+            {"path": _relative(out_dir, f), "config": subset, "split": split, "rows": f.rows, "bytes": f.bytes,
              "sha256": f.sha256}
-            for (stage, split), files in sorted(shards.items()) for f in files
+            for (subset, split), files in sorted(shards.items()) for f in files
         ],
         "counts": {
             "by_stage_split": dict(sorted(by_split.items())),
@@ -89,22 +91,29 @@ def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, 
     }
 
 
-def _glob(stage: str, split: str) -> str:
-    return f"data/{stage}/{split}/*.parquet"
+def prompt_record(render: Any) -> dict:
+    """How the rows ask: the short-answer VQA hint, its length rule and the template of each subset.
+    Training copies it into the stage folder (stage.json), where eval and chat read it."""
+    policy = HintPolicy(render.vqa_hint, render.vqa_hint_max_chars)
+    return {**policy.to_record(), "templates": {"pretrain": render.pretrain_template, "sft": render.sft_template}}
+
+
+def _glob(subset: str, split: str) -> str:
+    return f"data/{subset}/{split}/*.parquet"
 
 
 def card_metadata(recipe: Any, shards: Shards) -> dict:
     """The YAML header: licence, `configs` (only non-empty splits) and `dataset_info`."""
     features = yaml_features()
     configs, infos = [], []
-    for stage in ("pretrain", "sft"):
-        splits = [(split, shards[(stage, split)]) for split in SPLITS if shards.get((stage, split))]
+    for subset in SUBSETS:
+        splits = [(split, shards[(subset, split)]) for split in SPLITS if shards.get((subset, split))]
         if not splits:
             continue
-        data_files = [{"split": sp, "path": _glob(stage, sp)} for sp, _ in splits]
-        configs.append({"config_name": stage, "data_files": data_files})
+        data_files = [{"split": sp, "path": _glob(subset, sp)} for sp, _ in splits]
+        configs.append({"config_name": subset, "data_files": data_files})
         infos.append({
-            "config_name": stage,
+            "config_name": subset,
             "features": features,
             "splits": [{"name": sp, "num_bytes": sum(f.bytes for f in fs), "num_examples": sum(f.rows for f in fs)}
                        for sp, fs in splits],
@@ -127,12 +136,12 @@ def llamafactory_info(recipe: Any, shards: Shards) -> dict:
     entry = {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "image"},
              "tags": SHAREGPT_TAGS}
     out = {}
-    for (stage, split), files in sorted(shards.items()):
+    for (subset, split), files in sorted(shards.items()):
         if files:
-            name = f"{recipe.name}_{stage}" + ("" if split == "train" else f"_{split}")
-            out[name] = {"file_name": f"data/{stage}/{split}", **entry}
+            name = f"{recipe.name}_{subset}" + ("" if split == "train" else f"_{split}")
+            out[name] = {"file_name": f"data/{subset}/{split}", **entry}
             if recipe.publish.repo_id:
-                out[f"{name}_hub"] = {"hf_hub_url": recipe.publish.repo_id, "subset": stage, "split": split, **entry}
+                out[f"{name}_hub"] = {"hf_hub_url": recipe.publish.repo_id, "subset": subset, "split": split, **entry}
     return out
 
 
@@ -157,6 +166,7 @@ def _intro(recipe: Any, manifest: dict) -> str:
         f"{recipe.description or 'Chinese multimodal instruction data built with visualcla-forge.'}\n\n"
         f"- `pretrain`: stage-1 captioning rows, template `{t['pretrain']['name']}`.\n"
         f"- `sft`: stage-2 instruction rows (VQA, conversations, OCR, text-only), template `{t['sft']['name']}`.\n\n"
+        f"{_hint_line(manifest[PROMPT_RECORD])}\n\n"
         "Each row holds `turns`, a list of `{prompt, response}` already rendered with the template: "
         "the full text is `prompt_1 + response_1 + prompt_2 + ...`, prompts are masked from the loss, "
         "the tokenizer adds BOS before and EOS after. An image appears once in the first prompt as the "
@@ -164,6 +174,14 @@ def _intro(recipe: Any, manifest: dict) -> str:
         "(N = number of connector outputs). `messages` holds the same conversation before templating, "
         "with `<image>` leading the first user turn."
     )
+
+
+def _hint_line(prompt: dict) -> str:
+    if not prompt["vqa_hint"]:
+        return "VQA questions carry no short-answer hint."
+    return (f"A VQA question whose answer is at most {prompt['vqa_hint_max_chars']} characters ends with the hint "
+            f"`{prompt['vqa_hint']}` on a line of its own; ask a model trained on these rows for a short answer "
+            "the same way (`manifest.json` `prompt`).")
 
 
 def _usage(recipe: Any) -> str:

@@ -1,7 +1,7 @@
-"""`vcla`: the command line. One subcommand per stage, plus the one-shot `build-and-train`.
+"""`vcla`: the command line. One subcommand per step, plus the one-shot `build-and-train`.
 
-Exit codes: 0 success, 1 a stage failed, 2 bad command line or recipe. A user error (bad recipe or
-argument, a failed stage) ends the output with one line saying what, where and what to do, and no
+Exit codes: 0 success, 1 a step failed, 2 bad command line or recipe. A user error (bad recipe or
+argument, a failed step) ends the output with one line saying what, where and what to do, and no
 traceback; Prefect's run logs carry the message once more (the failed task's state line, or the
 flow's exception line: `_UserErrorLines`). `--debug` shows the tracebacks and every Prefect line.
 Any other exception is a bug and keeps its traceback and all of Prefect's lines.
@@ -16,18 +16,22 @@ import sys
 import traceback
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipelines import server, stages
-from pipelines.preflight import preflight
+from pipelines.cli.commands import chat_command, export_command
+from pipelines.core.errors import StepFailed, UsageError
+from pipelines.orchestration import server
+from pipelines.orchestration.registry import STEPS
+from pipelines.cli.preflight import preflight
 from pipelines.recipe import DEFAULT_RECIPE, Recipe, RecipeError, load_recipe
 from translators.protocol import TranslatorError
 
-USAGE_ERRORS = (RecipeError, stages.UsageError)
+USAGE_ERRORS = (RecipeError, UsageError)
 """Bad recipe or command line: exit 2."""
-STEP_ERRORS = (stages.StageFailed, TranslatorError, server.ServerStartError)
+STEP_ERRORS = (StepFailed, TranslatorError, server.ServerStartError)
 """A step could not finish (its message says where and why): exit 1."""
 FLOW_RUNS, TASK_RUNS = "prefect.flow_runs", "prefect.task_runs"
 PREFECT_RUN_LOGGERS = (FLOW_RUNS, TASK_RUNS)
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Checkpoints go to runs/<name>/train/<stage>/ in the VisualCLA release layout (safetensors).")
     p.add_argument("--stage", default=None, help="train only this stage (default: all, in order)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the stage even if the recipe changed since (without it, a rerun resumes only from checkpoints of the same model, stage config, seed and shards)")
-    _add(sub, "build-and-train", "Run every stage in order: demo data, download, translate, render, train, eval.",
+    _add(sub, "build-and-train", "Run every step in order: demo data, download, translate, render, train, eval.",
          "With no arguments, runs the bundled demo recipe fully offline and prints a summary table.")
     p = _add(sub, "chat", "Chat with a checkpoint about an image (multi-turn).",
              "Uses the VisualCLA generation defaults (top_p 0.9, top_k 40, temperature 0.5, ...).")
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="greedy decoding (plain argmax, as a llava-hf export's "
                    "generate(do_sample=False)): the same answer every time")
     p.add_argument("--seed", type=int, default=None, help="seed the sampling, so a rerun gives the same answers")
+    p.add_argument("--short", action="store_true", help="ask for a short answer: append the VQA hint the "
+                   "checkpoint was trained with (its stage.json `prompt`, the recipe's render.vqa_hint), as `vcla eval` does")
     p = _add(sub, "eval", "Score short answers on a VQA-style split (exact match after normalisation).",
              "Writes the accuracy into runs/<name>/summary.json.")
     p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
@@ -148,37 +154,38 @@ def _options(args: argparse.Namespace) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
 
 
-def _stage_command(name: str) -> Callable[[argparse.Namespace], int]:
+def _step_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from pipelines.flows import STAGE_FLOWS, with_runner
+        from pipelines.orchestration.flows import STEP_FLOWS, with_runner
 
         if name == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             return _train_under_launcher(args)
         spec = _spec(args)
         server.ensure_api()  # the configured Prefect API, or a temporary server that dies with vcla
-        with_runner(STAGE_FLOWS[name], spec)(**spec, options=_options(args))
+        with_runner(STEP_FLOWS[name], spec)(**spec, options=_options(args))
         return 0
     return run
 
 
 def _train_under_launcher(args: argparse.Namespace) -> int:
-    """Under `torchrun` / `accelerate launch` every rank runs the train stage itself, without the
+    """Under `torchrun` / `accelerate launch` every rank runs the train step itself, without the
     Prefect flow: N flows would each start a server and race to set the run folder aside. The
     launcher orchestrates; `training/` is rank-aware (rank 0 writes, all ranks train). A later
     single-process `vcla train` or `build-and-train` finds the stages trained and marks them done."""
-    stages.STAGES["train"].run(_load(args), args)
+    step = STEPS["train"]
+    step.run(_load(args), step.make_options(vars(args)))
     return 0
 
 
-def _direct_command(fn_name: str) -> Callable[[argparse.Namespace], int]:
+def _direct_command(command: Callable[[Recipe, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        getattr(stages, fn_name)(_load(args), args)
+        command(_load(args), args)
         return 0
     return run
 
 
 def _build_and_train(args: argparse.Namespace) -> int:
-    from pipelines.flows import build_and_train, with_runner
+    from pipelines.orchestration.flows import build_and_train, with_runner
 
     spec = _spec(args)
     server.ensure_api()
@@ -187,7 +194,7 @@ def _build_and_train(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pipelines.schedules import serve
+    from pipelines.orchestration.schedules import serve
 
     serve(_load(args), _spec(args))
     return 0
@@ -198,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "demo-data": _demo_data, "build-and-train": _build_and_train, "serve": _serve,
-        "chat": _direct_command("chat_command"), "export": _direct_command("export_command"),
+        "chat": _direct_command(chat_command), "export": _direct_command(export_command),
     }
-    handler = handlers.get(args.command) or _stage_command(args.command)
+    handler = handlers.get(args.command) or _step_command(args.command)
     hide_user_errors(not args.debug)
     try:
         preflight(args.command, _load(args), args)  # files, keys, images: before any server or model
@@ -241,7 +248,7 @@ class _UserErrorLines(logging.Filter):
             return not any(shown in line for line in self._task_lines)
         message = record.getMessage()
         for shown, name in self._flow_errors:
-            if shown in message:  # the flow's "Finished in state Failed('... StageFailed: <message>')"
+            if shown in message:  # the flow's "Finished in state Failed('... StepFailed: <message>')"
                 self._flow_errors.remove((shown, name))
                 record.msg, record.args = message.replace(shown, f"{name} (message above)"), ()
                 break

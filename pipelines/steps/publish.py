@@ -35,17 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.io import is_done, read_json, sha256_file
+from pipelines.core.completion import is_done
+from common.files import read_json, sha256_file
+from common.env import check_env_name
+from common.layout import DONE_FILE, MANIFEST_FILE, MANIFEST_FORMAT
 from pipelines.recipe import PublishConfig, Recipe
-from pipelines.stats import StageStats
+from pipelines.core.errors import StepFailed
+from pipelines.core.stats import StepStats
+from pipelines.core.step import Step
 
 logger = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
-CARD_FILES = ("manifest.json", "dataset_info.json", "README.md")  # uploaded last, README last of all
-MANIFEST_FORMAT = "visualcla-forge/shards"
+CARD_FILES = (MANIFEST_FILE, "dataset_info.json", "README.md")  # uploaded last, README last of all
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 class PublishError(RuntimeError):
@@ -65,7 +68,7 @@ def run_publish(recipe: Recipe, shard_dir: Path, dry_run: bool = False, repo_id:
     """Push `shard_dir` (a completed render folder) to `repo_id` or `recipe.publish.repo_id`.
 
     Returns what happened: `files` (path, size, action), `uploaded`, `unchanged`, `deleted`,
-    `commits` (oid, message, files) and `stats` (a `StageStats` dict). A dry run needs no
+    `commits` (oid, message, files) and `stats` (a `StepStats` dict). A dry run needs no
     token and no network; every selected file is listed with action "upload"."""
     cfg = recipe.publish
     _check_env_name(cfg.token_env)
@@ -95,8 +98,8 @@ def select_files(shard_dir: Path) -> list[LocalFile]:
     """The allow-list: manifest shards (sorted), then the card files. Checks the folder is a
     complete render whose shards exist with the sizes the manifest gives."""
     if not is_done(shard_dir):
-        raise PublishError(f"{shard_dir}: not a completed shard folder (no _SUCCESS); run `vcla render` first")
-    manifest_path = shard_dir / "manifest.json"
+        raise PublishError(f"{shard_dir}: not a completed shard folder (no {DONE_FILE}); run `vcla render` first")
+    manifest_path = shard_dir / MANIFEST_FILE
     try:
         manifest = read_json(manifest_path)
     except (OSError, ValueError) as e:
@@ -137,12 +140,12 @@ def _check_repo_id(repo_id: str | None) -> str:
 def _check_env_name(env_name: str) -> None:
     """publish.token_env names a variable; a token pasted there would be in the manifest's recipe,
     which is uploaded. Refuse it (without printing it) before anything is read or sent."""
-    if not _ENV_NAME.match(env_name):
+    try:
+        check_env_name(env_name, "publish.token_env", "HF_TOKEN")
+    except ValueError as err:
         raise PublishError(
-            f"publish.token_env must be the NAME of an environment variable holding the token (e.g. HF_TOKEN), "
-            f"not the token itself (the {len(env_name)}-character value given is not shown). Set it back, and "
-            "since the render folder's manifest.json records the recipe, rerun `vcla render` before publishing"
-        )
+            f"{err}. Set it back, and since the render folder's {MANIFEST_FILE} records the recipe, rerun "
+            "`vcla render` before publishing") from None
 
 
 def _read_token(env_name: str) -> str:
@@ -274,8 +277,8 @@ def _commit_in_batches(
     return commits
 
 
-def _stats(result: dict[str, Any]) -> StageStats:
-    stats = StageStats(stage="publish")
+def _stats(result: dict[str, Any]) -> StepStats:
+    stats = StepStats(step="publish")
     for f in result["files"]:
         group = "shards" if f["path"].startswith("data/") else "card"
         stats.count_read(group)
@@ -319,3 +322,27 @@ def _explain(e: Exception, cfg: PublishConfig, repo_id: str) -> str:
 
 def _scrub(text: str, token: str) -> str:
     return text.replace(token, "<token>") if token else text
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    dry_run: bool = False
+    """List what would be uploaded, upload nothing (`vcla publish --dry-run`)."""
+    if_configured: bool = False
+    """Skip quietly when `publish.repo_id` is unset (build-and-train) instead of failing."""
+    partial: bool = False
+
+
+def run(recipe: Recipe, options: PublishOptions) -> dict[str, Any]:
+    if recipe.publish.repo_id is None and options.if_configured:
+        print("[publish] publish.repo_id is not set; nothing to publish")
+        return {"skipped": "publish.repo_id is not set"}
+    try:
+        result = run_publish(recipe, recipe.run_dir / "render", dry_run=options.dry_run)
+    except PublishError as e:
+        raise StepFailed(f"publish: {e}") from None
+    return {k: result.get(k) for k in ("commits", "bytes_uploaded") if k in result}
+
+
+STEP = Step("publish", run, output=lambda r: None, section=lambda r: r.publish, upstream="render",
+            module=__name__, options=PublishOptions)

@@ -103,7 +103,7 @@ def _spawn(port: int) -> subprocess.Popen:
     from prefect.settings import get_current_settings
 
     env = {**os.environ, **SERVER_ENV, **get_current_settings().to_environment_variables(exclude_unset=True)}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.server", str(os.getpid()), str(port)], env=env)
+    return subprocess.Popen([sys.executable, "-m", "pipelines.orchestration.server", str(os.getpid()), str(port)], env=env)
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> bool:
@@ -153,7 +153,7 @@ def die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-def serve(parent: int, port: int) -> None:
+def run_server(parent: int, port: int) -> None:
     """Prefect's temporary server (the app and flags of `SubprocessASGIServer`), tied to `parent`."""
     die_with_parent(parent)
     import uvicorn
@@ -163,4 +163,4 @@ def serve(parent: int, port: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    run_server(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,4 +1,4 @@
-"""Stage `translate`: every record not yet in the target language gets Chinese `messages`.
+"""Step `translate`: every record not yet in the target language gets Chinese `messages`.
 
     stats = run_translate(recipe, run_dir / "download", run_dir / "translate")
 
@@ -11,15 +11,16 @@ through untouched. A record with any message that has no passing translation is 
 
 Reruns: the translation memory (SQLite, outside this folder) keeps every translation as it
 arrives, so a rerun re-reads everything but sends only what the memory lacks, and a kill -9
-loses at most the requests in flight. A completed stage is skipped unless it left records
+loses at most the requests in flight. A completed step is skipped unless it left records
 that a retry could fix (failed QA, failed requests, memory misses): its `_SUCCESS` says how many
-(`retry_pending`), the flows run such a stage again (pipelines/flows.py), and only those are sent.
+(`retry_pending`), the flows (pipelines/orchestration/flows.py) run such a step again, and only
+those are sent.
 `_SUCCESS` also holds `output_digest`, a hash of what the records files say (ids and messages,
 not the per-run `translation` bookkeeping): a rerun that healed nothing leaves it unchanged, so
-the stages downstream are not redone.
+the steps downstream are not redone.
 
 A translator that cannot run at all (a rejected key, an unknown model, an endpoint that is
-unreachable or stops answering: translators/openai_backend.py) fails the stage (`StageFailed`,
+unreachable or stops answering: translators/openai_backend.py) fails the step (`StepFailed`,
 `vcla` exits 1) without `_SUCCESS`; what was translated stays in the memory for the next run.
 """
 
@@ -35,14 +36,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-from pipelines.io import (
-    atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, stage_storage_errors, write_json,
-)
-from pipelines.progress import bar, count_lines
+from common.files import atomic_open, clean_stale_temp_files, read_json, write_json
+from common.layout import DONE_FILE
+from pipelines.core.completion import is_done, mark_done, step_storage_errors
+from common.progress import bar, count_lines
 from pipelines.recipe import Recipe
-from pipelines.rejects import RejectWriter
-from pipelines.stages import StageFailed
-from pipelines.stats import StageStats
+from pipelines.core.rejects import RejectWriter
+from pipelines.core.errors import StepFailed
+from pipelines.core.stats import StepStats
+from pipelines.core.step import NoOptions, Step
 from templates.schema import Record
 from translators.backends import build_translator
 from translators.base import MemoryFirstTranslator
@@ -52,7 +54,7 @@ from translators.protocol import Segment, SegmentKind, SegmentResult, Translator
 
 log = logging.getLogger(__name__)
 
-STAGE = "translate"
+STEP_NAME = "translate"
 UNRETRYABLE = {"bad_record", "unsupported_lang"}
 """Rejections a rerun cannot fix; every other reason makes the next run try again."""
 TRANSIENT = {"connection_error", "timeout", "parse_failed", "count_mismatch"}
@@ -76,24 +78,24 @@ class _Item:
     """None once rejected on read; kept for the output order."""
 
 
-def run_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
+def run_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
     """Translate a run's records (see the module docstring). Safe to call again at any time."""
     return asyncio.run(arun_translate(recipe, in_dir, out_dir))
 
 
-async def arun_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
+async def arun_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
     """`run_translate` for callers that already run an event loop. A full disk or a permission error
-    (records, rejections or the translation memory) stops the stage with a message naming the path;
+    (records, rejections or the translation memory) stops the step with a message naming the path;
     so does a translator that cannot run (`TranslatorError`: its message names the endpoint and the cause)."""
-    with stage_storage_errors(STAGE, out_dir, MemoryWriteError, TranslatorError):
+    with step_storage_errors(STEP_NAME, out_dir, MemoryWriteError, TranslatorError):
         return await _translate(recipe, Path(in_dir), Path(out_dir))
 
 
-async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
+async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
     cfg = recipe.translator
-    previous = read_json(out_dir / "_SUCCESS") if is_done(out_dir) else None
+    previous = read_json(out_dir / DONE_FILE) if is_done(out_dir) else None
     if previous is not None and not previous.get("retry_pending", 0):
-        stats = StageStats.from_dict(read_json(out_dir / "stats.json"))
+        stats = StepStats.from_dict(read_json(out_dir / "stats.json"))
         print(stats.table())
         return stats
     # old markers lack qa_failed: count the rerun
@@ -101,17 +103,17 @@ async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StageStats:
     qa_reruns = previous.get("qa_reruns", 0) + 1 if had_qa else 0
     files = sorted((in_dir / "records").glob("*.jsonl"))
     if not files:
-        raise StageFailed(f"{STAGE}: {in_dir / 'records'}: no *.jsonl record files; run `vcla download` first")
+        raise StepFailed(f"{STEP_NAME}: {in_dir / 'records'}: no *.jsonl record files; run `vcla download` first")
     recipe.require_files("translator.memory_import")
     clean_stale_temp_files(out_dir)
-    (out_dir / "_SUCCESS").unlink(missing_ok=True)
-    stats = StageStats(STAGE)
+    (out_dir / DONE_FILE).unlink(missing_ok=True)
+    stats = StepStats(STEP_NAME)
     digest = hashlib.sha256()
     with TranslationMemory(Path(recipe.translator.memory_path)) as memory:
         _import_memory_files(memory, cfg, stats)
         translator = build_translator(cfg, memory)
         try:
-            with RejectWriter(out_dir / "rejected", STAGE, stats) as rejects:
+            with RejectWriter(out_dir / "rejected", STEP_NAME, stats) as rejects:
                 for path in files:
                     digest.update(path.name.encode() + b"\0")
                     await _translate_file(path, out_dir / "records" / path.name, translator, stats, rejects, digest)
@@ -143,14 +145,14 @@ def _is_transient(reason: str) -> bool:
     return reason in TRANSIENT or (code != reason and code.isdigit() and int(code) in TRANSIENT_HTTP)
 
 
-def _import_memory_files(memory: TranslationMemory, cfg: TranslatorConfig, stats: StageStats) -> None:
+def _import_memory_files(memory: TranslationMemory, cfg: TranslatorConfig, stats: StepStats) -> None:
     """Merge `translator.memory_import` (checked to exist); a file that is not in the exchange format
-    fails the stage naming the key, the file and line, and what to do (nothing of it is imported)."""
+    fails the step naming the key, the file and line, and what to do (nothing of it is imported)."""
     for i, path in enumerate(cfg.memory_import):
         try:
             report = memory.import_jsonl(path)
         except MemoryImportError as e:
-            raise StageFailed(f"{STAGE}: translator.memory_import[{i}]: {e} (or remove the file from "
+            raise StepFailed(f"{STEP_NAME}: translator.memory_import[{i}]: {e} (or remove the file from "
                               "translator.memory_import)") from None
         stats.extra["memory_imported_rows"] += report.rows
         what = "unchanged since last import" if report.skipped_file else f"{report.rows} rows"
@@ -158,7 +160,7 @@ def _import_memory_files(memory: TranslationMemory, cfg: TranslatorConfig, stats
 
 
 async def _translate_file(
-    path: Path, out_path: Path, translator: MemoryFirstTranslator, stats: StageStats, rejects: RejectWriter,
+    path: Path, out_path: Path, translator: MemoryFirstTranslator, stats: StepStats, rejects: RejectWriter,
     digest: Any,
 ) -> None:
     """Windows of records are translated with up to `WINDOWS_IN_FLIGHT` at once, so the requests
@@ -191,12 +193,12 @@ def _windows(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
         yield window
 
 
-def _write(window: list[_Item], out: IO, stats: StageStats, digest: Any) -> int:
+def _write(window: list[_Item], out: IO, stats: StepStats, digest: Any) -> int:
     """Write a translated window in input order; returns how many input records it covered.
 
-    `digest` gets each kept record's id and messages: what this stage decided. The rest of a row
+    `digest` gets each kept record's id and messages: what this step decided. The rest of a row
     is its input (covered by the upstream fingerprint) or per-run bookkeeping (`translation`:
-    tokens, memory or model), which must not make the stages downstream redo their work."""
+    tokens, memory or model), which must not make the steps downstream redo their work."""
     for it in window:
         if it.record is not None:
             out.write(json.dumps(_as_row(it.record), ensure_ascii=False) + "\n")
@@ -207,7 +209,7 @@ def _write(window: list[_Item], out: IO, stats: StageStats, digest: Any) -> int:
     return len(window)
 
 
-def _read_records(path: Path, stats: StageStats, rejects: RejectWriter) -> Iterator[_Item]:
+def _read_records(path: Path, stats: StepStats, rejects: RejectWriter) -> Iterator[_Item]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -224,7 +226,7 @@ def _read_records(path: Path, stats: StageStats, rejects: RejectWriter) -> Itera
 
 
 async def _translate_window(
-    window: list[_Item], translator: MemoryFirstTranslator, stats: StageStats, rejects: RejectWriter
+    window: list[_Item], translator: MemoryFirstTranslator, stats: StepStats, rejects: RejectWriter
 ) -> list[_Item]:
     """Translate a window in place; a rejected record is written to `rejects` and set to None."""
     cfg = translator.config
@@ -261,7 +263,7 @@ def _kind(record: Record, message: dict[str, str]) -> SegmentKind:
     return "text"
 
 
-def _apply(record: Record, results: list[SegmentResult], translator: MemoryFirstTranslator, stats: StageStats) -> None:
+def _apply(record: Record, results: list[SegmentResult], translator: MemoryFirstTranslator, stats: StepStats) -> None:
     cfg = translator.config
     record.messages_en = [dict(m) for m in record.messages]  # type: ignore[misc]
     record.messages = [
@@ -288,3 +290,11 @@ def _reject(item: _Item, results: list[SegmentResult], rejects: RejectWriter) ->
         source=rec.source, reason=first.verdict.reason or "failed", detail=detail[:1000], record_id=rec.id,
         location=item.location, record=rec.to_dict(),
     )
+
+
+def run(recipe: Recipe, options: NoOptions) -> dict:
+    return run_translate(recipe, recipe.run_dir / "download", recipe.run_dir / "translate").to_dict()
+
+
+STEP = Step("translate", run, output=lambda r: r.run_dir / "translate", section=lambda r: r.translator,
+            upstream="download", module=__name__)

@@ -1,4 +1,4 @@
-"""The download stage: read every source, fetch each distinct image once with img2dataset,
+"""The download step: read every source, fetch each distinct image once with img2dataset,
 join the images back to the records.
 
     stats = run_download(recipe, Path("runs/demo/download"))
@@ -10,22 +10,22 @@ join the images back to the records.
           fetched.
 2. fetch  the sorted URL list with `img2dataset.download` (output "files": one image file
           per URL plus a parquet of status and error per shard), with `CheckedResizer`
-          (pipelines/images.py) in front of img2dataset's resizer.
+          (pipelines/steps/download/images.py) in front of img2dataset's resizer.
 3. join   records to results by URL: records/<source>.jsonl gets each record with `image`
           set to the local file; a record whose image failed goes to rejected/download.jsonl
           with img2dataset's error message. Text-only records pass through.
 
 Rerun after a crash: img2dataset's incremental mode skips shards it finished (the URL list
 is sorted, so shards are stable; if the list changed, the images are fetched anew), and
-steps 1 and 3 are recomputed from scratch, so the join is idempotent. A complete stage
+steps 1 and 3 are recomputed from scratch, so the join is idempotent. A complete step
 (`_SUCCESS`) is not run again, unless it left images that failed for a cause a later run may
 not meet (`TRANSIENT`: a timeout, a refused or dropped connection, HTTP 408/425/429/5xx): its
-`_SUCCESS` counts their records (`retry_pending`), the flows run it again (pipelines/flows.py),
+`_SUCCESS` counts their records (`retry_pending`), the flows run it again (pipelines/orchestration/flows.py),
 and that run marks unfinished only the shards holding such a failure, so img2dataset fetches
 only those shards again, then re-joins. A 404, a file that is not an image, a bomb stay rejected.
-A host that stays down keeps the stage pending for `MAX_RERUNS` reruns, not for ever (`reruns`
+A host that stays down keeps the step pending for `MAX_RERUNS` reruns, not for ever (`reruns`
 in `_SUCCESS`). `_SUCCESS` also holds `output_digest`, a hash of the records files: a rerun that
-healed nothing leaves it unchanged, so the stages downstream are not redone.
+healed nothing leaves it unchanged, so the steps downstream are not redone.
 
 Memory: one entry per distinct URL (the URL set and the results map); records stream.
 """
@@ -43,30 +43,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
-from pipelines.io import (
-    atomic_open, clean_stale_temp_files, is_done, mark_done, read_json, stage_storage_errors, write_json,
-)
+from common.files import atomic_open, clean_stale_temp_files, read_json, write_json
+from common.image_refs import ImageRefError, parse_image_ref
+from common.layout import DONE_FILE
+from common.storage import WRITE_FAILED, storage_message
+from pipelines.core.completion import is_done, mark_done, step_storage_errors
 from pipelines.recipe import DownloadConfig, Recipe, RecipeError
-from pipelines.rejects import RejectWriter
+from pipelines.core.rejects import RejectWriter
 from pipelines.sources import read_located
-from pipelines.stats import StageStats
+from pipelines.core.stats import StepStats
+from pipelines.core.errors import StepFailed
+from pipelines.steps.download.images import CheckedResizer
 from templates.schema import Record
 
-STAGE = "download"
+STEP_NAME = "download"
 IMAGES = "images"
 URL_LIST = "url_list.parquet"
 SPOOL = ".read"
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names are 00000, 00001, ...
 TRANSIENT = {"image_timeout", "image_connection_error"}
 """Failures a later run may not meet (with the HTTP statuses of `TRANSIENT_HTTP`): their records make
-the stage pending (`retry_pending`), and a rerun fetches their shards again."""
+the step pending (`retry_pending`), and a rerun fetches their shards again."""
 TRANSIENT_HTTP = {408, 425, 429} | (set(range(500, 600)) - {501, 505})
 """Request timeout, too early, too many requests, server errors (not "not implemented", "HTTP version")."""
 MAX_RERUNS = 3
-"""A host that stays down (or keeps answering 503) keeps the stage pending for this many reruns only."""
+"""A host that stays down (or keeps answering 503) keeps the step pending for this many reruns only."""
 
 
 @dataclass(slots=True)
@@ -80,26 +82,20 @@ class Fetched:
     info: dict[str, Any] | None = None
 
 
-class ImageRefError(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-# -- the stage ------------------------------------------------------------------------------
-def run_download(recipe: Recipe, out_dir: Path) -> StageStats:
-    """Run the download stage into `out_dir`; returns its stats (also in out_dir/stats.json).
-    A full disk or a permission error stops the stage with a message naming the path."""
-    with stage_storage_errors(STAGE, out_dir):
+# -- the step -------------------------------------------------------------------------------
+def run_download(recipe: Recipe, out_dir: Path) -> StepStats:
+    """Run the download step into `out_dir`; returns its stats (also in out_dir/stats.json).
+    A full disk or a permission error stops the step with a message naming the path."""
+    with step_storage_errors(STEP_NAME, out_dir):
         return _download(recipe, Path(out_dir))
 
 
-def _download(recipe: Recipe, out_dir: Path) -> StageStats:
-    previous = read_json(out_dir / "_SUCCESS") if is_done(out_dir) else None
+def _download(recipe: Recipe, out_dir: Path) -> StepStats:
+    previous = read_json(out_dir / DONE_FILE) if is_done(out_dir) else None
     if previous is not None and not previous.get("retry_pending", 0):
-        stats = StageStats.from_dict(read_json(out_dir / "stats.json"))
-        print(f"[{STAGE}] {out_dir} is complete (_SUCCESS); nothing to do")
-        print(stage_table(stats))
+        stats = StepStats.from_dict(read_json(out_dir / "stats.json"))
+        print(f"[{STEP_NAME}] {out_dir} is complete (_SUCCESS); nothing to do")
+        print(step_table(stats))
         return stats
     reruns = previous.get("reruns", 0) + 1 if previous is not None else 0
     check_source_files(recipe)
@@ -107,10 +103,10 @@ def _download(recipe: Recipe, out_dir: Path) -> StageStats:
     clean_stale_temp_files(out_dir)
     if previous is not None:
         reopen_transient_shards(out_dir / IMAGES, previous["retry_pending"], reruns)
-        (out_dir / "_SUCCESS").unlink()
-    clock = Clock()
-    stats = StageStats(stage=STAGE)
-    with RejectWriter(out_dir / "rejected", STAGE, stats) as rejects:
+        (out_dir / DONE_FILE).unlink()
+    clock = PhaseTimer()
+    stats = StepStats(step=STEP_NAME)
+    with RejectWriter(out_dir / "rejected", STEP_NAME, stats) as rejects:
         source_urls = collect(recipe, out_dir, rejects)
         urls = sorted(set().union(*source_urls.values()))
         clock.lap(stats, "read")
@@ -130,21 +126,21 @@ def _download(recipe: Recipe, out_dir: Path) -> StageStats:
     transient = sum(n for reason, n in stats.rejected.items() if is_transient(reason))
     pending = transient if reruns < MAX_RERUNS else 0
     if transient and not pending:
-        print(f"[{STAGE}] {transient} records still lack an image that failed for a transient cause after "
-              f"{reruns} reruns; they stay rejected (rejected/{STAGE}.jsonl) and the stage is complete")
+        print(f"[{STEP_NAME}] {transient} records still lack an image that failed for a transient cause after "
+              f"{reruns} reruns; they stay rejected (rejected/{STEP_NAME}.jsonl) and the step is complete")
     mark_done(out_dir, {"images": len(urls), "records": stats.kept, "retry_pending": pending, "reruns": reruns,
                         "output_digest": records_digest(out_dir, [s.name for s in recipe.sources])})
-    print(stage_table(stats))
+    print(step_table(stats))
     return stats
 
 
-class Clock:
+class PhaseTimer:
     """Seconds per phase into stats.extra ("seconds.read", ...): where the time went."""
 
     def __init__(self) -> None:
         self.start = self.last = time.monotonic()
 
-    def lap(self, stats: StageStats, phase: str) -> None:
+    def lap(self, stats: StepStats, phase: str) -> None:
         now = time.monotonic()
         stats.extra[f"seconds.{phase}"] = round(now - self.last, 2)
         self.last = now
@@ -219,42 +215,23 @@ def collect(recipe: Recipe, out_dir: Path, rejects: RejectWriter) -> dict[str, s
 
 def local_folder(location: str) -> str | None:
     """The real path of a folder given as a path or file:// URL; None for a remote prefix."""
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return os.path.realpath(url2pathname(parsed.path))
-    return os.path.realpath(location) if parsed.scheme == "" else None
+    try:
+        path = parse_image_ref(location).path
+    except ImageRefError:
+        return None
+    return None if path is None else os.path.realpath(path)
 
 
 def image_url(ref: str, allowed_roots: list[str]) -> str:
     """The URL img2dataset should fetch for an image reference, or ImageRefError.
 
-    http(s) URLs pass; a local path or file:// URL must lie under one of `allowed_roots`
-    (already realpath'd) and becomes a file:// URL of its real path. A file:// URL naming a
-    host (other than localhost) is refused: it is not a local file."""
-    if not isinstance(ref, str) or "\x00" in ref:
-        raise ImageRefError("image_url_invalid", f"{ref!r}: not a URL or path (not text, or a NUL character)")
-    try:
-        parsed = urlparse(ref)
-    except ValueError as err:  # e.g. "http://[::1": an unclosed IPv6 host
-        raise ImageRefError("image_url_invalid", f"{ref!r}: cannot be parsed as a URL ({err})") from None
-    if parsed.scheme in ("http", "https"):
-        if not parsed.netloc:
-            raise ImageRefError("image_url_invalid", f"{ref!r}: URL without a host")
-        return ref
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ImageRefError("image_url_unsupported", f"{ref!r}: file:// URL on host {parsed.netloc!r} "
-                                "(only local files, file:///path, are read)")
-        path = url2pathname(parsed.path)  # unquotes %xx
-        if "\x00" in path:
-            raise ImageRefError("image_url_invalid", f"{ref!r}: the path holds a NUL character (%00)")
-    elif parsed.scheme == "":
-        path = ref
-    else:
-        raise ImageRefError(
-            "image_url_unsupported", f"{ref!r}: scheme {parsed.scheme!r} (only http, https and file:// are fetched)"
-        )
-    real = os.path.realpath(path)
+    http(s) URLs pass; a local path or file:// URL (common.image_refs.parse_image_ref: on this
+    host, percent-decoded) must lie under one of `allowed_roots` (already realpath'd) and becomes a
+    file:// URL of its real path."""
+    parsed = parse_image_ref(ref)
+    if parsed.url is not None:
+        return parsed.url
+    real = os.path.realpath(parsed.path)
     if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in allowed_roots):
         raise ImageRefError(
             "image_url_not_allowed",
@@ -285,9 +262,9 @@ def fetch(urls: list[str], out_dir: Path, cfg: DownloadConfig) -> None:
     shards = -(-len(urls) // cfg.samples_per_shard)
     done = sum((images / f"{i:0{SHARD_DIGITS}d}_stats.json").is_file() for i in range(shards))
     if done == shards:
-        print(f"[{STAGE}] all {shards} img2dataset shards are complete; nothing to fetch")
+        print(f"[{STEP_NAME}] all {shards} img2dataset shards are complete; nothing to fetch")
         return
-    print(f"[{STAGE}] fetching {len(urls)} distinct images with img2dataset: {shards - done} of {shards} shards to do")
+    print(f"[{STEP_NAME}] fetching {len(urls)} distinct images with img2dataset: {shards - done} of {shards} shards to do")
     with checked_resizer(cfg.max_image_pixels), worker_env(cfg.max_image_pixels):
         import img2dataset
 
@@ -302,7 +279,7 @@ def drop_broken_shard_markers(images: Path) -> None:
         try:
             json.loads(marker.read_text(encoding="utf-8"))
         except ValueError:
-            print(f"[{STAGE}] {marker} was cut off by a crash; fetching that shard again")
+            print(f"[{STEP_NAME}] {marker} was cut off by a crash; fetching that shard again")
             marker.unlink()
 
 
@@ -322,7 +299,7 @@ def reopen_transient_shards(images: Path, pending: int, reruns: int) -> list[str
                for r in rows):
             marker.unlink()
             names.append(name)
-    print(f"[{STAGE}] the last run left {pending} records whose image failed for a transient cause; "
+    print(f"[{STEP_NAME}] the last run left {pending} records whose image failed for a transient cause; "
           f"rerun {reruns} of at most {MAX_RERUNS}: fetching shard(s) {', '.join(names) or '-'} again")
     return names
 
@@ -336,7 +313,7 @@ def is_transient(reason: str) -> bool:
 
 
 def records_digest(out_dir: Path, sources: list[str]) -> str:
-    """sha256 over the records files: what the stages downstream read (for `output_digest`)."""
+    """sha256 over the records files: what the steps downstream read (for `output_digest`)."""
     h = hashlib.sha256()
     for name in sources:
         path = out_dir / "records" / f"{name}.jsonl"
@@ -349,25 +326,23 @@ def records_digest(out_dir: Path, sources: list[str]) -> str:
 
 
 def check_all_fetched(images: Path, urls: list[str], results: dict[str, Fetched], per_shard: int) -> None:
-    """StageFailed if img2dataset has no verdict for some URLs: it gave up on a shard, or could not
-    write an image (it prints the error and goes on). Marking the stage done would drop those
-    records for good (a finished stage is not rerun), so their shards are marked unfinished (stats
-    file removed: the next run fetches them again) and the stage stops."""
+    """StepFailed if img2dataset has no verdict for some URLs: it gave up on a shard, or could not
+    write an image (it prints the error and goes on). Marking the step done would drop those
+    records for good (a finished step is not rerun), so their shards are marked unfinished (stats
+    file removed: the next run fetches them again) and the step stops."""
     shards = sorted({i // per_shard for i, url in enumerate(urls) if url not in results})
     if not shards:
         return
     names = [f"{i:0{SHARD_DIGITS}d}" for i in shards]
     for name in names:
         (images / f"{name}_stats.json").unlink(missing_ok=True)
-    from pipelines.stages import StageFailed  # not at the top: pipelines.stages imports this module
 
-    free = shutil.disk_usage(images).free / 2**20
     missing = sum(url not in results for url in urls)
-    raise StageFailed(
-        f"{STAGE}: img2dataset has no result for {missing} of {len(urls)} images, in shard(s) {', '.join(names)} "
-        f"of {-(-len(urls) // per_shard)} in {images}: it could not fetch or write them (its errors are printed "
-        f"above; usually a full disk or a folder it may not write to; {free:.0f} MiB free there). Fix that and "
-        "run the same command again: only these shards are fetched again")
+    raise StepFailed(f"{STEP_NAME}: " + storage_message(
+        f"img2dataset has no result for {missing} of {len(urls)} images, in shard(s) {', '.join(names)} "
+        f"of {-(-len(urls) // per_shard)} in {images}", "it could not fetch or write them", WRITE_FAILED[1], images,
+        detail="its errors are printed above; usually a full disk or a folder it may not write to",
+        then="run the same command again: only these shards are fetched again"))
 
 
 def fetch_fingerprint(urls: list[str], cfg: DownloadConfig) -> str:
@@ -418,7 +393,6 @@ def checked_resizer(max_image_pixels: int) -> Iterator[None]:
     import functools
     import importlib
 
-    from pipelines.images import CheckedResizer
 
     # `import img2dataset.main` would give the package's `main` function, not the module
     i2d_main = importlib.import_module("img2dataset.main")
@@ -453,7 +427,7 @@ def load_results(images_dir: Path, encode_format: str) -> dict[str, Fetched]:
     """URL -> what img2dataset did with it, from the per-shard parquet files.
 
     Only shards with a `<shard>_stats.json` are complete; a URL without a result (in an unfinished
-    shard, or one img2dataset could not write) stops the stage before the join (`check_all_fetched`)."""
+    shard, or one img2dataset could not write) stops the step before the join (`check_all_fetched`)."""
     import pyarrow.parquet as pq
 
     results: dict[str, Fetched] = {}
@@ -525,9 +499,9 @@ def classify(message: str) -> str:
 
 
 # -- report -----------------------------------------------------------------------------------
-def count_images(stats: StageStats, source_urls: dict[str, set[str]], results: dict[str, Fetched]) -> None:
+def count_images(stats: StepStats, source_urls: dict[str, set[str]], results: dict[str, Fetched]) -> None:
     """Distinct images per source and in total: requested, fetched, failed by reason."""
-    def add(target: StageStats, urls: set[str]) -> None:
+    def add(target: StepStats, urls: set[str]) -> None:
         target.extra["images_requested"] += len(urls)
         for url in urls:
             fetched = results.get(url)
@@ -542,8 +516,8 @@ def count_images(stats: StageStats, source_urls: dict[str, set[str]], results: d
     add(stats, set().union(*source_urls.values()) if source_urls else set())
 
 
-def stage_table(stats: StageStats) -> str:
-    """StageStats.table() followed by the images table: per source, distinct images
+def step_table(stats: StepStats) -> str:
+    """StepStats.table() followed by the images table: per source, distinct images
     requested, fetched and failed by reason."""
     rows = [(name, s) for name, s in sorted(stats.per_source.items())] + [("TOTAL", stats)]
     width = max(len(name) for name, _ in rows)

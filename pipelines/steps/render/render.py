@@ -1,4 +1,4 @@
-"""Render: translated records -> training rows of both stages -> Parquet shards.
+"""Render: translated records -> training rows of both subsets (`pretrain`, `sft`) -> Parquet shards.
 
     stats = run_render(recipe, Path("runs/demo/translate"), Path("runs/demo/render"))
 
@@ -15,7 +15,7 @@ Blocks, in order (each counts what it kept and rejects with a reason, never rais
    lowest seeded hashes win), reading only small columns.
 5. `write_shards`: buckets in key order, duplicates of an id dropped (first in input order
    wins), text rows over the ratio dropped, the rest streamed into rolling shards per
-   (stage, split).
+   (subset, split).
 
 Memory is bounded by one bucket plus the writers' row-group buffers, whatever the corpus size.
 The output depends only on the input and the recipe: rerunning gives identical shard bytes.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -39,25 +38,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.card import write_card_files
-from pipelines.io import (
-    clean_stale_temp_files, is_done, mark_done, read_json, stage_storage_errors, storage_guard, write_json,
+from pipelines.steps.render.card import write_card_files
+from common.files import clean_stale_temp_files, read_json, rename_into_place, write_json
+from pipelines.core.completion import is_done, mark_done, step_storage_errors
+from common.storage import storage_guard
+from common.image_refs import ImageRefError, parse_image_ref
+from common.progress import bar, count_lines, counted
+from pipelines.core.rejects import RejectWriter
+from pipelines.steps.render.shards import (
+    KEY,
+    ORDER,
+    BucketSpill,
+    ShardFile,
+    ShardWriter,
+    bucket_files,
+    finalize,
+    first_of_each_id,
+    read_bucket,
+    remove_tree,
+    sort_order,
+    sorted_bucket,
 )
-from pipelines.progress import bar, count_lines, counted
-from pipelines.rejects import RejectWriter
-from pipelines.shards import (
-    KEY, ORDER, BucketSpill, ShardFile, ShardWriter, bucket_files, finalize, first_of_each_id, read_bucket,
-    remove_tree, sort_order, sorted_bucket,
-)
-from pipelines.stages import StageFailed
-from pipelines.stats import StageStats
+from pipelines.core.errors import StepFailed
+from pipelines.core.stats import StepStats
 from templates.instructions import HintPolicy, InstructionError, caption_of, instruction_pairs, sharegpt_messages
 from templates.registry import get_template
-from templates.rows import LINEAGE_FIELDS, ROW_SCHEMA, SPLITS
+from templates.rows import LINEAGE_FIELDS, ROW_SCHEMA, SPLITS, SUBSETS
 from templates.schema import Record
 from templates.template import Template, render_turns
 
-STAGE_NAME = "render"
+STEP_NAME = "render"
 SEL, SPLIT, MIX, LOC = "_sel", "_split", "_mix", "_loc"
 HIDDEN = {KEY: pa.uint64(), SEL: pa.uint64(), SPLIT: pa.string(), MIX: pa.bool_(), ORDER: pa.int64(), LOC: pa.string()}
 """Columns a row carries through the shuffle only: shuffle key, mix hash, split, text-only flag,
@@ -134,11 +144,15 @@ class ImageLoader:
         return image
 
     def resolve(self, ref: str) -> Path:
-        if ref.startswith("file://"):
-            ref = ref[len("file://"):]
-        elif "://" in ref:
+        """The local file a record's image names: a path (relative to the input folder if the file
+        is there) or a file:// URL, percent-decoded (common.image_refs); RenderReject otherwise."""
+        try:
+            parsed = parse_image_ref(ref)
+        except ImageRefError as e:
+            raise RenderReject(e.reason, e.detail) from None
+        if parsed.path is None:
             raise RenderReject("image_not_local", f"{ref} (render needs the downloaded file)")
-        path = Path(ref)
+        path = Path(parsed.path)
         if not path.is_absolute() and (self.base / path).is_file():
             return self.base / path
         return path
@@ -174,17 +188,17 @@ class RowBuilder:
 
     def build(self, record: Record, loc: str, order: int) -> dict[str, Any]:
         _check_field_types(record)
-        stage, template = ("pretrain", self.pretrain) if record.task == "caption" else ("sft", self.sft)
+        subset, template = ("pretrain", self.pretrain) if record.task == "caption" else ("sft", self.sft)
         self._check_image_fits(record, template)
         try:
-            pairs = [("", caption_of(record))] if stage == "pretrain" else instruction_pairs(record, self.policy)
+            pairs = [("", caption_of(record))] if subset == "pretrain" else instruction_pairs(record, self.policy)
         except InstructionError as e:
             raise RenderReject(e.reason, e.detail) from None
         image = self.images.load(record.image) if record.image is not None else None
         split_key = image.sha256 if image else record.id
         return {
             "id": record.id, "source": record.source, "task": record.task, "lang": record.lang,
-            "stage": stage, "template": template.name,
+            "stage": subset, "template": template.name,  # the subset column is named `stage` (templates.rows)
             "turns": render_turns(template, pairs, image=image is not None),
             "messages": sharegpt_messages(pairs, image is not None),
             "messages_en": _plain_messages(record.messages_en),
@@ -194,7 +208,7 @@ class RowBuilder:
             KEY: seeded_hash(self.seed, "shuffle", record.id),
             SEL: seeded_hash(self.seed, "mix", record.id),
             SPLIT: self.split_of(split_key),
-            MIX: stage == "sft" and image is None,
+            MIX: subset == "sft" and image is None,
             ORDER: order, LOC: loc,
         }
 
@@ -295,9 +309,9 @@ def spill_part(job: SpillJob) -> tuple[list[tuple[Path, int, int]], dict[str, An
 
     The input position of a row is (file index, line) packed into one integer, so the merged
     buckets sort exactly as a sequential pass would have, whichever worker ran which file."""
-    stats = StageStats(stage=STAGE_NAME)
+    stats = StepStats(step=STEP_NAME)
     name = f"part-{job.index:05d}"
-    with RejectWriter(job.work / "rejected", STAGE_NAME, stats, name=name) as rejects:
+    with RejectWriter(job.work / "rejected", STEP_NAME, stats, name=name) as rejects:
         spill = BucketSpill(job.work / "spill" / name, SPILL_SCHEMA, job.buckets)
         with bar(count_lines(job.path), f"render {job.path.stem}") as pb:
             spill_rows(counted(read_records([job.path], rejects), pb), make_builder(job.cfg, job.in_dir), rejects, spill, order_base=job.index << 32)
@@ -389,7 +403,7 @@ def _cutoff(buckets: list[Path], split: str, hist: np.ndarray, k: int, available
 def write_shards(
     buckets: list[Path], plan: MixPlan, rejects: RejectWriter, writers: dict[tuple[str, str], ShardWriter]
 ) -> Counter:
-    """Stream buckets into the writers; returns row counts per (stage, split, source, task)."""
+    """Stream buckets into the writers; returns row counts per (subset, split, source, task)."""
     counts: Counter = Counter()
     for path in buckets:
         pa.default_memory_pool().release_unused()  # hand the last bucket's memory back: flat peak RSS
@@ -401,12 +415,12 @@ def write_shards(
         over = first & _over_ratio(t, plan)
         _reject_rows(t.filter(pa.array(over)), rejects, "mix_ratio", "text-only row beyond text_per_multimodal")
         keep = first & ~over
-        stages, splits = t["stage"].to_numpy(zero_copy_only=False), t[SPLIT].to_numpy(zero_copy_only=False)
-        for (stage, split), writer in writers.items():
-            part = full.take(order.filter(pa.array(keep & (stages == stage) & (splits == split))))
+        subsets, splits = t["stage"].to_numpy(zero_copy_only=False), t[SPLIT].to_numpy(zero_copy_only=False)
+        for (subset, split), writer in writers.items():
+            part = full.take(order.filter(pa.array(keep & (subsets == subset) & (splits == split))))
             writer.write(part)
             for row in part.group_by(["source", "task"]).aggregate([("id", "count")]).to_pylist():
-                counts[(stage, split, row["source"], row["task"])] += row["id_count"]
+                counts[(subset, split, row["source"], row["task"])] += row["id_count"]
                 rejects.stats.count_kept(row["source"], row["id_count"])
     return counts
 
@@ -438,7 +452,7 @@ def _reject_rows(t: pa.Table, rejects: RejectWriter, reason: str, detail: str) -
         rejects.reject(source=row["source"], reason=reason, detail=detail, record_id=row["id"], location=row[LOC])
 
 
-# ---- the stage -------------------------------------------------------------------------------
+# ---- the step --------------------------------------------------------------------------------
 
 def estimate_buckets(files: list[Path], images: ImageLoader, bucket_bytes: int, sample: int = 64) -> int:
     """How many spill buckets keep each near `bucket_bytes`, from line and image sizes of a sample."""
@@ -461,36 +475,36 @@ def estimate_buckets(files: list[Path], images: ImageLoader, bucket_bytes: int, 
     return max(1, min(MAX_BUCKETS, math.ceil(total / bucket_bytes)))
 
 
-def run_render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper = _serial_map) -> StageStats:
+def run_render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper = _serial_map) -> StepStats:
     """Render `in_dir/records/*.jsonl` into the shard set `out_dir`; a finished `out_dir` is kept.
 
     `mapper(fn, items)` runs the per-file row building; the flows pass one that submits Prefect
     tasks to the recipe's task runner (threads, Dask, Ray). The output is the same either way.
-    A full disk or a permission error stops the stage with a message naming the path."""
-    with stage_storage_errors(STAGE_NAME, out_dir):
+    A full disk or a permission error stops the step with a message naming the path."""
+    with step_storage_errors(STEP_NAME, out_dir):
         return _render(recipe, Path(in_dir), Path(out_dir), mapper)
 
 
-def _render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper) -> StageStats:
+def _render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper) -> StepStats:
     if is_done(out_dir):
-        return StageStats.from_dict(read_json(out_dir / "stats.json"))
+        return StepStats.from_dict(read_json(out_dir / "stats.json"))
     cfg = recipe.render
     files = sorted((in_dir / "records").glob("*.jsonl"))
     if not files:
-        raise StageFailed(f"{STAGE_NAME}: {in_dir / 'records'}: no *.jsonl records to render; "
+        raise StepFailed(f"{STEP_NAME}: {in_dir / 'records'}: no *.jsonl records to render; "
                           "run `vcla translate` first")
     work = out_dir / "_work"
     for stale in (work, out_dir / "data"):
         remove_tree(stale)
     clean_stale_temp_files(out_dir)
-    stats = StageStats(stage=STAGE_NAME)
+    stats = StepStats(step=STEP_NAME)
     bucket_bytes = cfg.bucket_mb << 20
     n_buckets = estimate_buckets(files, ImageLoader(in_dir), bucket_bytes)
     jobs = [SpillJob(cfg, in_dir, work, i, path, n_buckets) for i, path in enumerate(files)]
     results = mapper(spill_part, jobs)
-    with RejectWriter(out_dir / "rejected", STAGE_NAME, stats) as rejects:
+    with RejectWriter(out_dir / "rejected", STEP_NAME, stats) as rejects:
         for job, (_, part_stats) in zip(jobs, results):
-            stats.merge(StageStats.from_dict(part_stats))
+            stats.merge(StepStats.from_dict(part_stats))
             rejects.copy_from(work / "rejected" / f"part-{job.index:05d}.jsonl")
         buckets = list(bucket_files(merge_parts([parts for parts, _ in results], work / "spill"), 2 * bucket_bytes))
         plan = plan_mix(buckets, cfg.text_per_multimodal)
@@ -514,25 +528,25 @@ def move_into_place(
     """Make the whole shard set visible at once: one rename of its folder, so a reader of
     `data/` finds every shard or none (never the sets a killed run had finished)."""
     if staged_root.is_dir():
-        os.replace(staged_root, final_root)
+        rename_into_place(staged_root, final_root)
     return {key: [replace(f, path=final_root / f.path.relative_to(staged_root)) for f in files]
             for key, files in staged.items()}
 
 
 def _writers(folder: Path, cfg: Any) -> dict[tuple[str, str], ShardWriter]:
     return {
-        (stage, split): ShardWriter(
-            folder, f"{stage}-{split}", ROW_SCHEMA, shard_bytes=cfg.shard_size_mb << 20,
+        (subset, split): ShardWriter(
+            folder, f"{subset}-{split}", ROW_SCHEMA, shard_bytes=cfg.shard_size_mb << 20,
             row_group_rows=cfg.row_group_rows, row_group_bytes=min(64 << 20, cfg.shard_size_mb << 20),
         )
-        for stage in ("pretrain", "sft") for split in SPLITS
+        for subset in SUBSETS for split in SPLITS
     }
 
 
-def _count_extra(stats: StageStats, counts: Counter, plan: MixPlan, shards: dict[tuple, list[ShardFile]]) -> None:
-    for (stage, split, _source, task), n in counts.items():
-        stats.extra[f"rows_{stage}_{split}"] += n
-        stats.extra[f"rows_{stage}_{task}"] += n
+def _count_extra(stats: StepStats, counts: Counter, plan: MixPlan, shards: dict[tuple, list[ShardFile]]) -> None:
+    for (subset, split, _source, task), n in counts.items():
+        stats.extra[f"rows_{subset}_{split}"] += n
+        stats.extra[f"rows_{subset}_{task}"] += n
     for split in SPLITS:
         stats.extra[f"sft_multimodal_{split}"] = plan.multimodal[split]
     stats.extra["shards"] = sum(len(v) for v in shards.values())

@@ -1,7 +1,7 @@
-"""Where dropped records go: `rejected/<stage>.jsonl`, one row per record with the reason.
+"""Where dropped records go: `rejected/<step>.jsonl`, one row per record with the reason.
 
 Nothing is dropped silently: a step that drops a record calls `RejectWriter.reject`, which
-both writes the row and counts it in the stage's `StageStats`.
+both writes the row and counts it in the step's `StepStats`.
 """
 
 from __future__ import annotations
@@ -10,21 +10,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.io import storage_guard
-from pipelines.stats import StageStats
+from common.storage import storage_guard
+from pipelines.core.stats import StepStats
 
 
 class RejectWriter:
-    """Appends rejection rows for one stage; each row is flushed as it is written.
+    """Appends rejection rows for one step; each row is flushed as it is written.
 
     Appending (not atomic replace) is deliberate: a killed run keeps the rejections it had
     recorded, and a rerun writes the file anew (`mode="w"`) before it re-reads its input.
     """
 
-    def __init__(self, folder: str | Path, stage: str, stats: StageStats, mode: str = "w",
+    def __init__(self, folder: str | Path, step: str, stats: StepStats, mode: str = "w",
                  name: str | None = None) -> None:
-        self.path = Path(folder) / f"{name or stage}.jsonl"
-        self.stage = stage
+        self.path = Path(folder) / f"{name or step}.jsonl"
+        self.step = step
         self.stats = stats
         with storage_guard(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,7 @@ class RejectWriter:
     ) -> None:
         """Record one rejection. `location` is "file:line" or "file[index]" in the source."""
         row = {
-            "stage": self.stage,
+            "stage": self.step,  # the row field keeps its name: rejected/*.jsonl already written
             "source": source,
             "reason": reason,
             "detail": detail,

@@ -17,7 +17,6 @@ one row group share (VQA questions about one picture) once.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.io import sha256_file, storage_guard
+from common.files import rename_into_place, sha256_file
+from common.storage import storage_guard
 
 KEY = "_key"
 ORDER = "_order"
@@ -241,9 +241,8 @@ def finalize(files: list[ShardFile], dest: Path, prefix: str) -> list[ShardFile]
     out = []
     for i, f in enumerate(files):
         target = dest / f"{prefix}-{i:05d}-of-{len(files):05d}.parquet"
-        with storage_guard(target), open(f.path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(f.path, target)
+        with storage_guard(target):
+            rename_into_place(f.path, target)  # fsynced first
         out.append(ShardFile(path=target, rows=f.rows, bytes=target.stat().st_size, sha256=sha256_file(target)))
     return out
 

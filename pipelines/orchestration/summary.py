@@ -1,10 +1,10 @@
-"""The end-of-run summary: one row per stage, written to `<run>/summary.json` and printed."""
+"""The end-of-run summary: one row per step, written to `<run>/summary.json` and printed."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipelines.io import write_json
+from common.files import write_json
 from pipelines.recipe import Recipe
 
 
@@ -13,7 +13,7 @@ def write_summary(recipe: Recipe, results: dict[str, dict[str, Any]], wall_s: fl
         "recipe": recipe.name,
         "run_dir": str(recipe.run_dir),
         "wall_s": round(wall_s, 1),
-        "stages": results,
+        "stages": results,  # one entry per step; the key keeps its name (summary.json already written)
         "eval": {k: results.get("eval", {}).get(k) for k in ("accuracy", "n", "chat")},
     }
     write_json(recipe.run_dir / "summary.json", summary)
@@ -23,7 +23,7 @@ def write_summary(recipe: Recipe, results: dict[str, dict[str, Any]], wall_s: fl
 def _row(name: str, result: dict[str, Any]) -> tuple[str, ...]:
     if "skipped" in result:
         return (name, "-", "-", "-", f"skipped: {result['skipped']}", _secs(result))
-    if "read" in result:  # a data stage's StageStats
+    if "read" in result:  # a data step's StepStats
         reasons = ", ".join(f"{k}={v}" for k, v in result.get("rejected", {}).items()) or "-"
         tokens = {k: v for k, v in result.get("extra", {}).items() if "token" in k}
         notes = ", ".join(f"{k}={v}" for k, v in tokens.items())
@@ -49,7 +49,7 @@ def _secs(result: dict[str, Any]) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    header = ("stage", "in", "out", "rejected (by reason)", "notes", "wall s")
+    header = ("step", "in", "out", "rejected (by reason)", "notes", "wall s")
     rows = [header] + [_row(name, result) for name, result in summary["stages"].items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -1,6 +1,6 @@
 """Counters that every pipeline step keeps: read, kept, rejected by reason (datatrove-style).
 
-Each stage ends by printing `StageStats.table()` and writing `stats.json`; stats of shards
+Each step ends by printing `StepStats.table()` and writing `stats.json`; stats of shards
 or workers add up with `merge`.
 """
 
@@ -12,22 +12,23 @@ from typing import Any
 
 
 @dataclass
-class StageStats:
-    stage: str
+class StepStats:
+    step: str
+    """The step's name (`stats.json` key `stage`, kept for the files already written)."""
     read: int = 0
     kept: int = 0
     rejected: Counter = field(default_factory=Counter)
     extra: Counter = field(default_factory=Counter)
-    """Stage-specific counts (images fetched, memory hits, tokens, ...)."""
-    per_source: dict[str, "StageStats"] = field(default_factory=dict)
+    """Step-specific counts (images fetched, memory hits, tokens, ...)."""
+    per_source: dict[str, "StepStats"] = field(default_factory=dict)
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
 
-    def source(self, name: str) -> "StageStats":
+    def source(self, name: str) -> "StepStats":
         if name not in self.per_source:
-            self.per_source[name] = StageStats(stage=self.stage)
+            self.per_source[name] = StepStats(step=self.step)
         return self.per_source[name]
 
     def count_read(self, source: str, n: int = 1) -> None:
@@ -42,7 +43,7 @@ class StageStats:
         self.rejected[reason] += n
         self.source(source).rejected[reason] += n
 
-    def merge(self, other: "StageStats") -> "StageStats":
+    def merge(self, other: "StepStats") -> "StepStats":
         self.read += other.read
         self.kept += other.kept
         self.rejected.update(other.rejected)
@@ -53,7 +54,7 @@ class StageStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "stage": self.stage,
+            "stage": self.step,
             "read": self.read,
             "kept": self.kept,
             "rejected": dict(sorted(self.rejected.items())),
@@ -63,8 +64,8 @@ class StageStats:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StageStats":
-        stats = cls(stage=data["stage"], read=data["read"], kept=data["kept"])
+    def from_dict(cls, data: dict[str, Any]) -> "StepStats":
+        stats = cls(step=data["stage"], read=data["read"], kept=data["kept"])
         stats.rejected.update(data.get("rejected", {}))
         stats.extra.update(data.get("extra", {}))
         for name, sub in data.get("per_source", {}).items():
@@ -75,7 +76,7 @@ class StageStats:
         """A plain-text table: one line per source, then the total; rejections by reason."""
         rows = [(name, s) for name, s in sorted(self.per_source.items())] + [("TOTAL", self)]
         width = max(len(name) for name, _ in rows)
-        lines = [f"[{self.stage}]", f"{'source':<{width}}  {'read':>8}  {'kept':>8}  {'rejected':>8}  reasons"]
+        lines = [f"[{self.step}]", f"{'source':<{width}}  {'read':>8}  {'kept':>8}  {'rejected':>8}  reasons"]
         for name, s in rows:
             reasons = ", ".join(f"{r}={n}" for r, n in sorted(s.rejected.items())) or "-"
             lines.append(f"{name:<{width}}  {s.read:>8}  {s.kept:>8}  {s.rejected_total:>8}  {reasons}")

@@ -15,9 +15,9 @@ from pipelines.recipe import Recipe, RecipeError
 
 
 def deployments(recipe: Recipe, spec: dict[str, Any]) -> list:
-    from pipelines.flows import STAGE_FLOWS, build_and_train, with_runner
+    from pipelines.orchestration.flows import STEP_FLOWS, build_and_train, with_runner
 
-    flows = {**STAGE_FLOWS, "build-and-train": build_and_train}
+    flows = {**STEP_FLOWS, "build-and-train": build_and_train}
     check_schedules(recipe)
     out = []
     for i, sched in enumerate(recipe.schedules):
@@ -37,7 +37,7 @@ def check_schedules(recipe: Recipe) -> None:
 def serve(recipe: Recipe, spec: dict[str, Any]) -> None:
     from prefect import serve as prefect_serve
 
-    from pipelines.server import ensure_api
+    from pipelines.orchestration.server import ensure_api
 
     served = deployments(recipe, spec)  # a recipe without schedules fails here, before any server starts
     ensure_api()

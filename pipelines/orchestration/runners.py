@@ -1,14 +1,10 @@
 """Where parallel work runs: the recipe's `task_runner` (threads, Dask, Ray) under Prefect.
 
-Stages hand their parallel parts to `map_in_tasks`; inside a flow each part becomes a Prefect
-task on the flow's task runner (nested submissions from a stage task reach the same runner),
-outside a flow it is a plain loop. Results come back in input order either way.
+Steps hand their parallel parts to `pipelines.core.parallel.map_in_tasks`, which submits them to
+the runner chosen here.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 from pipelines.recipe import RecipeError, TaskRunnerConfig
 
@@ -32,15 +28,3 @@ def task_runner(cfg: TaskRunnerConfig):
     except ImportError:
         raise RecipeError("task_runner.kind: ray needs prefect-ray (pip install 'visualcla-forge[ray]')") from None
     return RayTaskRunner(address=cfg.address) if cfg.address else RayTaskRunner()
-
-
-def map_in_tasks(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """`[fn(x) for x in items]`, as Prefect tasks on the current flow's task runner if in a flow."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
-        return [fn(item) for item in items]
-    part = task(fn, name=fn.__name__, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-    return [future.result() for future in part.map(items)]

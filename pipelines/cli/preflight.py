@@ -1,13 +1,13 @@
 """Cheap checks `vcla` runs before it starts a Prefect server or loads a model.
 
-    preflight("train", recipe, options)   # RecipeError / UsageError / StageFailed, or None
+    preflight("train", recipe, options)   # RecipeError / UsageError / StepFailed, or None
 
 Each command checks what it will need and can see now: files and folders the recipe names, the
 API key's and Hub token's environment variables, the download distributor's package, `--image`,
-`--stage`, the checkpoint and the folders it builds on. The stages run the same checks again (they
+`--stage`, the checkpoint and the folders it builds on. The steps run the same checks again (they
 may run without the CLI, as deployments); here they fail in a second instead of after a server
 start or a model load. For `build-and-train`, paths under the demo corpus folder are made by the
-run itself and are left to the stages. `serve` checks what its scheduled runs cannot get later: the
+run itself and are left to the steps. `serve` checks what its scheduled runs cannot get later: the
 environment it passes them (a key it lacks now, they lack too) and installed packages; files may
 appear before a run starts and are left to the runs.
 """
@@ -21,9 +21,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.io import is_done, read_json
+from pipelines.core.completion import is_done
+from common.files import read_json
+from common.layout import DONE_FILE
 from pipelines.recipe import Recipe, RecipeError
-from pipelines.stages import StageFailed, UsageError, check_checkpoint_chain, check_stage_option, last_checkpoint
+from pipelines.core.errors import StepFailed, UsageError
+from pipelines.steps.evaluate import check_checkpoint_chain, checkpoint_to_use
+from pipelines.steps.train import check_stage_option
 from translators.config import unset_api_key_message
 
 Check = Callable[[Recipe, argparse.Namespace], None]
@@ -36,27 +40,27 @@ def preflight(command: str, recipe: Recipe, options: argparse.Namespace) -> None
 
 
 def _made_by_run(recipe: Recipe, options: argparse.Namespace, path: str) -> bool:
-    """True for a path the demo-data stage of this build-and-train run will create."""
+    """True for a path the demo-data step of this build-and-train run will create."""
     if options.command != "build-and-train" or recipe.demo is None:
         return False
     return Path(path).resolve().is_relative_to(Path(recipe.demo.output_dir).resolve())
 
 
 def sources(recipe: Recipe, options: argparse.Namespace) -> None:
-    from pipelines.download import check_source_files
+    from pipelines.steps.download.download import check_source_files
 
     if not any(_made_by_run(recipe, options, s.path) for s in recipe.sources):
         check_source_files(recipe)
 
 
 def distributor(recipe: Recipe, options: argparse.Namespace) -> None:
-    from pipelines.download import check_distributor
+    from pipelines.steps.download.download import check_distributor
 
     check_distributor(recipe)
 
 
 def translator(recipe: Recipe, options: argparse.Namespace) -> None:
-    """The memory files to import, and the API key when the translate stage will run against an endpoint."""
+    """The memory files to import, and the API key when the translate step will run against an endpoint."""
     cfg = recipe.translator
     if _translate_finished(recipe):
         return
@@ -72,9 +76,9 @@ def api_key(recipe: Recipe, options: argparse.Namespace) -> None:
 
 
 def _translate_finished(recipe: Recipe) -> bool:
-    """Complete with nothing left to retry: the stage will not build a translator (no key needed)."""
+    """Complete with nothing left to retry: the step will not build a translator (no key needed)."""
     out = recipe.run_dir / "translate"
-    return is_done(out) and not read_json(out / "_SUCCESS").get("retry_pending", 0)
+    return is_done(out) and not read_json(out / DONE_FILE).get("retry_pending", 0)
 
 
 def model(recipe: Recipe, options: argparse.Namespace) -> None:
@@ -94,18 +98,18 @@ def eval_split(recipe: Recipe, options: argparse.Namespace) -> None:
 
 
 def stage_option(recipe: Recipe, options: argparse.Namespace) -> None:
-    check_stage_option(recipe, options)
+    check_stage_option(recipe, getattr(options, "stage", None))
 
 
 def checkpoint(recipe: Recipe, options: argparse.Namespace) -> None:
     """The stage folder, and the earlier stages and base it loads from (a moved stage folder)."""
-    check_checkpoint_chain(options.command, last_checkpoint(recipe, options))
+    check_checkpoint_chain(options.command, checkpoint_to_use(recipe, getattr(options, "checkpoint", None)))
 
 
 def publish(recipe: Recipe, options: argparse.Namespace) -> None:
-    """`publish.repo_id` and the Hub token, as the publish stage will check them (exit 1, its message);
+    """`publish.repo_id` and the Hub token, as the publish step will check them (exit 1, its message);
     in `build-and-train` only when it will publish (repo_id set)."""
-    from pipelines.publish import PublishError, check_settings
+    from pipelines.steps.publish import PublishError, check_settings
 
     required = options.command == "publish" or "publish" in _scheduled(recipe, options)
     if not required and recipe.publish.repo_id is None:
@@ -113,7 +117,7 @@ def publish(recipe: Recipe, options: argparse.Namespace) -> None:
     try:
         check_settings(recipe.publish, dry_run=getattr(options, "dry_run", False))
     except PublishError as e:
-        raise StageFailed(f"publish: {e}") from None
+        raise StepFailed(f"publish: {e}") from None
 
 
 def chat_image(recipe: Recipe, options: argparse.Namespace) -> None:
@@ -121,9 +125,9 @@ def chat_image(recipe: Recipe, options: argparse.Namespace) -> None:
 
 
 def checked_image(path: Path | None, max_pixels: int) -> Image.Image:
-    """`--image` decoded to RGB with the download stage's checks (empty, not an image, truncated,
+    """`--image` decoded to RGB with the download step's checks (empty, not an image, truncated,
     decompression bomb); UsageError naming the file otherwise."""
-    from pipelines.images import ImageRejected, open_image, to_rgb
+    from pipelines.steps.download.images import ImageRejected, open_image, to_rgb
 
     if path is None:
         raise UsageError("--image: required; pass --image PATH (a JPEG, PNG or WebP file)")
@@ -152,8 +156,8 @@ def _scheduled(recipe: Recipe, options: argparse.Namespace) -> set[str]:
 def served_flows(recipe: Recipe, options: argparse.Namespace) -> None:
     """`vcla serve`: a recipe with schedules, and for the flows they run what no run can get later:
     the distributor's package, the API key, the Hub token (a served translate may run whenever new
-    records come, so its key is checked even if the stage is finished now)."""
-    from pipelines.schedules import check_schedules
+    records come, so its key is checked even if the step is finished now)."""
+    from pipelines.orchestration.schedules import check_schedules
 
     check_schedules(recipe)
     flows = _scheduled(recipe, options)

@@ -1,0 +1,109 @@
+"""A step's fingerprint: what its output depends on, hashed. The flows compare it with the one
+recorded in the step folder to tell a finished step from a stale one.
+
+The code part is derived, not listed: the step's own module (or its whole folder, for a step that
+is a package) and every module of ours that those import, directly or through others (function-level
+imports included), read from the source with `ast`. Adding an import adds the file; nothing is kept
+by hand.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.step import Step
+from pipelines.recipe import Recipe
+
+REPO = Path(__file__).resolve().parents[2]
+OURS = ("common", "templates", "translators", "training", "pipelines")
+"""Top-level packages whose code counts (third-party code is pinned by constraints.txt)."""
+
+
+def fingerprint(step: Step, recipe: Recipe, upstream_output: str | None) -> str:
+    """The step's recipe values, code, output place and its upstream's output id, hashed."""
+    return sha256_json({
+        "step": step.name,
+        "config": _jsonable(step.section(recipe)),
+        "code": code_hash(step.module),
+        "output": str(step.output(recipe)),
+        "upstream": upstream_output,
+    })
+
+
+def sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@cache
+def code_hash(module: str) -> str:
+    """sha256 over the sources of `module` (its folder if it is a package) and all of ours it imports."""
+    h = hashlib.sha256()
+    for f in code_files(module):
+        h.update(str(f.relative_to(REPO)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def code_files(module: str) -> list[Path]:
+    """The files whose source a step's output depends on (see the module docstring), sorted."""
+    start = _file_of(module)
+    if start is None:
+        raise ValueError(f"{module}: not a module of this repository")
+    todo = sorted(start.parent.rglob("*.py")) if start.name == "__init__.py" else [start]
+    seen: set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        todo.extend(_imported_files(f))
+    return sorted(seen)
+
+
+@cache
+def _imported_files(path: Path) -> tuple[Path, ...]:
+    """Our files that `path` imports, with the `__init__.py` of every package on the way (Python runs them)."""
+    names: set[str] = set()
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(p for p in [*parts, base] if p)
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+    files = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] not in OURS:
+            continue
+        for i in range(1, len(parts) + 1):
+            if (f := _file_of(".".join(parts[:i]))) is not None:
+                files.add(f)
+    return tuple(sorted(files))
+
+
+def _file_of(module: str) -> Path | None:
+    base = REPO.joinpath(*module.split("."))
+    for f in (base / "__init__.py", base.with_suffix(".py")):
+        if f.is_file():
+            return f
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,107 @@
+"""Step `eval`: accuracy of the last trained stage on the recipe's eval split, plus one greedy chat
+answer about its first image. Also where a command finds the checkpoint to use and checks that it
+loads (`checkpoint_to_use`, `load_checked`), for `vcla chat` and `vcla export` too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.layout import STAGE_FILE
+from pipelines.core.errors import StepFailed
+from pipelines.core.step import Step
+from pipelines.recipe import Recipe
+
+DESCRIBE = "请详细描述这张图片。"  # one of the demo's LLaVA "detail" prompts
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    checkpoint: str | None = None
+    """Evaluate this stage folder instead of the run's last stage; the step is then not marked done."""
+
+    @property
+    def partial(self) -> bool:
+        return self.checkpoint is not None
+
+
+def checkpoint_to_use(recipe: Recipe, given: str | Path | None) -> Path:
+    """`--checkpoint` if given, else the run's last trained stage."""
+    folder = Path(given) if given else recipe.run_dir / "train" / list(recipe.stages)[-1]
+    if not (folder / STAGE_FILE).is_file():
+        raise StepFailed(f"{folder}: no trained stage here; run `vcla train` first or pass --checkpoint DIR")
+    return folder
+
+
+def run(recipe: Recipe, options: EvalOptions) -> dict[str, Any]:
+    from training.chat import GREEDY, ChatModel, ImageError, chat  # torch: loaded only when evaluating
+    from training.evaluate import evaluate, split_image_path
+
+    if recipe.eval.split is None:
+        print("[eval] eval.split is not set; nothing to evaluate")
+        return {"skipped": "eval.split is not set"}
+    recipe.require_files("eval.split")
+    checkpoint = checkpoint_to_use(recipe, options.checkpoint)
+    split = Path(recipe.eval.split)
+    bot = load_checked("eval", checkpoint, ChatModel.load)
+    try:
+        metrics = evaluate(checkpoint, split, recipe.eval, out=recipe.run_dir / "eval", bot=bot)
+        print(f"[eval] {checkpoint.name}: accuracy {metrics['accuracy']:.3f} on {metrics['n']} questions")
+        first = json.loads(split.read_text(encoding="utf-8-sig").splitlines()[0])
+        answer, _ = chat(bot, split_image_path(split, first["image"]), DESCRIBE, **GREEDY)
+    except (FileNotFoundError, ImageError) as e:  # an image the split names (the model is loaded)
+        raise StepFailed(f"eval: {e}; fix eval.split's image paths (relative to the split's folder or the "
+                         "one above it) or put the image there") from None
+    print(f"[eval] chat about {first['image']}: {DESCRIBE} -> {answer}")
+    return {"accuracy": metrics["accuracy"], "n": metrics["n"], "checkpoint": str(checkpoint),
+            "chat": {"image": first["image"], "question": DESCRIBE, "answer": answer}}
+
+
+def load_checked(command: str, checkpoint: Path, load: Callable[[Path], Any]) -> Any:
+    """`load(checkpoint)`, with a checkpoint whose files (or the model folders it names) are gone or
+    unsafe reported as StepFailed naming them."""
+    from training.checkpoint import UnsafeCheckpointError
+
+    check_checkpoint_chain(command, checkpoint)
+    try:
+        return load(checkpoint)
+    except (FileNotFoundError, UnsafeCheckpointError) as e:
+        raise StepFailed(f"{command}: cannot load {checkpoint}: {e}") from None
+
+
+def check_checkpoint_chain(command: str, checkpoint: Path) -> None:
+    """StepFailed naming the first folder a stage folder loads from that is gone: the stages it
+    starts from (`stage.json` "init_from", in turn) and their base ("base"), as `load_stage` follows
+    them. Reads `stage.json` files only: cheap enough for the pre-flight."""
+    from training.checkpoint import read_stage, resolve_stored
+
+    folder = Path(checkpoint)
+    for _ in range(64):  # a chain that loops is not followed for ever
+        if not (folder / STAGE_FILE).is_file():
+            return  # a merged export, or a folder `checkpoint_to_use` already refused
+        try:
+            meta = read_stage(folder)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise StepFailed(f"{command}: {folder / STAGE_FILE}: not readable ({e}); train that stage again") from None
+        key = "init_from" if meta.get("init_from") else "base" if meta.get("base") else None
+        if key is None:
+            return  # built from the model paths in its config.json: the loader names a missing one
+        target = Path(resolve_stored(folder, meta[key]))
+        present = (target / STAGE_FILE).is_file() if key == "init_from" else target.is_dir()
+        if not present:
+            raise StepFailed(
+                f"{command}: cannot load {checkpoint}: it builds on {target} ({folder / STAGE_FILE} \"{key}\": "
+                f"{meta[key]!r}), which is not there; copy or move the stage folders together with train/base/ "
+                "(the whole train/ or run folder: stored paths are relative to it), or pass --checkpoint DIR")
+        if key == "base":
+            return
+        folder = target
+
+
+STEP = Step("eval", run, output=lambda r: r.run_dir / "eval", section=lambda r: r.eval, upstream="train",
+            module=__name__, options=EvalOptions)
