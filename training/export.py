@@ -37,7 +37,12 @@ from common.layout import STAGE_FILE
 from templates.image import IMG_END, IMG_START, IMG_TOKEN
 from templates.template import Template
 from training.checkpoint import (
-    TEMPLATE_FILE, image_processor_from, load_stage, read_stage, save_merged, stage_hint,
+    TEMPLATE_FILE,
+    image_processor_from,
+    load_stage,
+    read_stage,
+    save_merged,
+    stage_hint,
 )
 from training.model import VisualCLAModel
 

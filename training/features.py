@@ -24,7 +24,6 @@ from safetensors.torch import save_file
 from common.files import rename_into_place, staging_path
 from training.data import ShardUnit, read_unit
 
-
 LEVELS = {"vision": "image_features", "connector": "connector_features"}
 """Cache level -> the model's keyword argument that takes the cached tensor."""
 

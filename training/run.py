@@ -30,7 +30,13 @@ from common.layout import MANIFEST_FILE, STAGE_FILE
 from templates.instructions import PROMPT_RECORD, HintPolicy
 from training.build import build_image_processor, build_model, build_tokenizer_for, model_dtype, prepare_base
 from training.checkpoint import (
-    WRITE_ERRORS, checkpoint_write_error, image_processor_from, load_stage, portable_path, save_stage, stage_base,
+    WRITE_ERRORS,
+    checkpoint_write_error,
+    image_processor_from,
+    load_stage,
+    portable_path,
+    save_stage,
+    stage_base,
 )
 from training.config import ModelConfig, StageConfig
 from training.data import Collator, ShardStream, StreamConfig, count_rows, read_unit, shard_units, subset_files

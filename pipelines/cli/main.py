@@ -16,16 +16,16 @@ import sys
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from pipelines.cli.commands import chat_command, export_command
+from pipelines.cli.preflight import preflight
 from pipelines.core.errors import StepFailed, UsageError
 from pipelines.orchestration import server
 from pipelines.orchestration.registry import STEPS
-from pipelines.cli.preflight import preflight
 from pipelines.recipe import DEFAULT_RECIPE, Recipe, RecipeError, load_recipe
 from translators.protocol import TranslatorError
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.core.completion import is_done
 from common.files import read_json
 from common.layout import DONE_FILE
-from pipelines.recipe import Recipe, RecipeError
+from pipelines.core.completion import is_done
 from pipelines.core.errors import StepFailed, UsageError
+from pipelines.recipe import Recipe, RecipeError
 from pipelines.steps.evaluate import check_checkpoint_chain, checkpoint_to_use
 from pipelines.steps.train import check_stage_option
 from translators.config import unset_api_key_message

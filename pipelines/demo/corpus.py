@@ -16,10 +16,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.files import atomic_folder, sha256_file
 from pipelines.demo import alpaca, texts
 from pipelines.demo.scenes import Scene, draw_scene, image_name, sample_scene
 from pipelines.demo.texts import Pair, VQAItem
-from common.files import atomic_folder, sha256_file
 from pipelines.recipe import DemoConfig
 
 GENERATOR_VERSION = 2

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.demo.scenes import COLORS, POSITIONS, SHAPES, Scene, image_name
 from common.progress import bar
+from pipelines.demo.scenes import COLORS, POSITIONS, SHAPES, Scene, image_name
 from pipelines.recipe import DemoVisionConfig
 
 CELLS = sorted(POSITIONS)  # row-major 3x3 grid; Scene.shapes use the same (row, col) keys

@@ -37,15 +37,12 @@ from pipelines.orchestration.runners import task_runner
 from pipelines.orchestration.summary import summary_table, write_summary
 from pipelines.recipe import Recipe, load_recipe
 
+
 def recorded(step: Step, recipe: Recipe) -> dict[str, Any]:
     """The flows' record in the step's `_SUCCESS` ({} when there is none: never finished through the
     flows, or interrupted)."""
     out = step.output(recipe)
     return read_marker(out).get(FLOW_KEY, {}) if out is not None else {}
-
-
-def recorded_fingerprint(step: Step, recipe: Recipe) -> str | None:
-    return recorded(step, recipe).get("fingerprint")
 
 
 def recorded_output(step: Step, recipe: Recipe) -> str | None:

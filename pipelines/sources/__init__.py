@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipelines.recipe import SOURCE_KINDS, SourceConfig
 from pipelines.core.rejects import RejectWriter
+from pipelines.core.stats import StepStats
+from pipelines.recipe import SOURCE_KINDS, SourceConfig
 from pipelines.sources.alpaca import read_alpaca
 from pipelines.sources.coco import read_coco_captions
 from pipelines.sources.common import Item
@@ -27,7 +28,6 @@ from pipelines.sources.textvqa import read_textvqa
 from pipelines.sources.url_list import read_url_list, read_zh_pairs
 from pipelines.sources.validation import validate
 from pipelines.sources.vqav2 import read_vqav2
-from pipelines.core.stats import StepStats
 from templates.schema import Record
 
 Reader = Callable[[SourceConfig], Iterator[Item]]

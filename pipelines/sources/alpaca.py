@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import content_id, Item, MissingField, need, source_lang, to_item
+from pipelines.sources.common import Item, MissingField, content_id, need, source_lang, to_item
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_items
 from templates.schema import Record, make_id
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import caption_messages, Item, MissingField, need, resolve_image, source_lang, to_item
+from pipelines.sources.common import Item, MissingField, caption_messages, need, resolve_image, source_lang, to_item
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import Record, make_id
 

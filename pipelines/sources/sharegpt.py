@@ -15,9 +15,9 @@ from typing import Any
 
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
-    content_id,
     Item,
     MissingField,
+    content_id,
     resolve_image,
     single_image,
     source_lang,

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pipelines.recipe import SourceConfig
 from pipelines.sources.common import (
     Item,
-    majority_answer,
     MissingField,
+    majority_answer,
     need,
     qa_messages,
     resolve_image,

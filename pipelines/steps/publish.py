@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.completion import is_done
-from common.files import read_json, sha256_file
 from common.env import check_env_name
+from common.files import read_json, sha256_file
 from common.layout import DONE_FILE, MANIFEST_FILE, MANIFEST_FORMAT
-from pipelines.recipe import PublishConfig, Recipe
+from pipelines.core.completion import is_done
 from pipelines.core.errors import StepFailed
 from pipelines.core.stats import StepStats
 from pipelines.core.step import Step
+from pipelines.recipe import PublishConfig, Recipe
 
 logger = logging.getLogger(__name__)
 

@@ -38,13 +38,13 @@ from typing import IO, Any
 
 from common.files import atomic_open, clean_stale_temp_files, read_json, write_json
 from common.layout import DONE_FILE
-from pipelines.core.completion import is_done, mark_done, step_storage_errors
 from common.progress import bar, count_lines
-from pipelines.recipe import Recipe
-from pipelines.core.rejects import RejectWriter
+from pipelines.core.completion import is_done, mark_done, step_storage_errors
 from pipelines.core.errors import StepFailed
+from pipelines.core.rejects import RejectWriter
 from pipelines.core.stats import StepStats
 from pipelines.core.step import NoOptions, Step
+from pipelines.recipe import Recipe
 from templates.schema import Record
 from translators.backends import build_translator
 from translators.base import MemoryFirstTranslator

@@ -49,11 +49,11 @@ from common.image_refs import ImageRefError, parse_image_ref
 from common.layout import DONE_FILE
 from common.storage import WRITE_FAILED, storage_message
 from pipelines.core.completion import is_done, mark_done, step_storage_errors
-from pipelines.recipe import DownloadConfig, Recipe, RecipeError
-from pipelines.core.rejects import RejectWriter
-from pipelines.sources import read_located
-from pipelines.core.stats import StepStats
 from pipelines.core.errors import StepFailed
+from pipelines.core.rejects import RejectWriter
+from pipelines.core.stats import StepStats
+from pipelines.recipe import DownloadConfig, Recipe, RecipeError
+from pipelines.sources import read_located
 from pipelines.steps.download.images import CheckedResizer
 from templates.schema import Record
 

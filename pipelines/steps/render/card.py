@@ -20,8 +20,8 @@ import yaml
 
 from common.files import atomic_open, write_json
 from common.layout import MANIFEST_FILE, MANIFEST_FORMAT
-from pipelines.steps.render.shards import ShardFile
 from pipelines.core.stats import StepStats
+from pipelines.steps.render.shards import ShardFile
 from templates.image import IMAGE_BLOCK
 from templates.instructions import PROMPT_RECORD, HintPolicy
 from templates.registry import get_template

@@ -38,13 +38,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.steps.render.card import write_card_files
 from common.files import clean_stale_temp_files, read_json, rename_into_place, write_json
-from pipelines.core.completion import is_done, mark_done, step_storage_errors
-from common.storage import storage_guard
 from common.image_refs import ImageRefError, parse_image_ref
 from common.progress import bar, count_lines, counted
+from common.storage import storage_guard
+from pipelines.core.completion import is_done, mark_done, step_storage_errors
+from pipelines.core.errors import StepFailed
 from pipelines.core.rejects import RejectWriter
+from pipelines.core.stats import StepStats
+from pipelines.steps.render.card import write_card_files
 from pipelines.steps.render.shards import (
     KEY,
     ORDER,
@@ -59,8 +61,6 @@ from pipelines.steps.render.shards import (
     sort_order,
     sorted_bucket,
 )
-from pipelines.core.errors import StepFailed
-from pipelines.core.stats import StepStats
 from templates.instructions import HintPolicy, InstructionError, caption_of, instruction_pairs, sharegpt_messages
 from templates.registry import get_template
 from templates.rows import LINEAGE_FIELDS, ROW_SCHEMA, SPLITS, SUBSETS
