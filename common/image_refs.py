@@ -1,9 +1,9 @@
-"""Image references as sources give them and stages read them: an http(s) URL, a local path, or a
-file:// URL of a local file. One parser, so that every stage agrees on what a reference names:
+"""Image references as sources give them and steps read them: an http(s) URL, a local path, or a
+file:// URL of a local file. One parser, so that every step agrees on what a reference names:
 
-* `check_scheme` (the readers, lenient): refuses only what no stage may fetch (javascript:, data:,
-  ftp:, an unparsable URL) and leaves the rest to the stage that reads the image;
-* `parse_image_ref` (the download and render stages, strict): an http(s) URL with a host, or a
+* `check_scheme` (the readers, lenient): refuses only what no step may fetch (javascript:, data:,
+  ftp:, an unparsable URL) and leaves the rest to the step that reads the image;
+* `parse_image_ref` (the download and render steps, strict): an http(s) URL with a host, or a
   local path: the reference itself, or a file:// URL's path, on this host (`file:///p` or
   `file://localhost/p`), percent-decoded (`url2pathname`: `my%20image.jpg` names "my image.jpg").
 
@@ -21,10 +21,10 @@ LOCAL_HOSTS = ("", "localhost")
 
 
 class ImageRefError(ValueError):
-    """An image reference no stage may read. `reason`: image_url_invalid (not text, a NUL character,
+    """An image reference no step may read. `reason`: image_url_invalid (not text, a NUL character,
     cannot be parsed, e.g. "http://[::1", a URL without a host) or image_url_unsupported (another
-    scheme: javascript:, data:, ftp:..., or a file:// URL on another host); a stage's own policy
-    may add its reasons (the download stage's image_url_not_allowed)."""
+    scheme: javascript:, data:, ftp:..., or a file:// URL on another host); a step's own policy
+    may add its reasons (the download step's image_url_not_allowed)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -58,7 +58,7 @@ def is_url(ref: str) -> bool:
 
 def check_scheme(ref: str) -> str:
     """`ref` if it is a path or an http(s)/file URL; ImageRefError otherwise. A one-letter scheme
-    is a Windows drive ("C:/x.jpg"), left to the stage that reads the image (`parse_image_ref`)."""
+    is a Windows drive ("C:/x.jpg"), left to the step that reads the image (`parse_image_ref`)."""
     scheme = url_scheme(ref)
     if scheme and scheme not in URL_SCHEMES and len(scheme) > 1:
         raise ImageRefError("image_url_unsupported",
