@@ -105,3 +105,35 @@ def test_invalid_json_in_a_json_array_is_one_rejection_with_position(tmp_path):
 def test_validate_directly(messages, image, reason):
     verdict = validate(Record(id="x", source="s", task="text", messages=messages, image=image))
     assert (verdict[0] if verdict else None) == reason
+
+
+@pytest.mark.parametrize("name, data, encoding", [
+    ("pairs.csv", "url,caption\nhttp://x/0.jpg,a plain caption\nhttp://x/1.jpg,一只红色的猫\n"
+                  "http://x/2.jpg,蓝色的天空下有一座山\n".encode("gbk"), "GBK"),
+    ("pairs.jsonl", '{"url": "http://x/0.jpg", "caption": "plain"}\n{"url": "http://x/1.jpg", "caption": "café crème"}\n'
+                    '{"url": "http://x/2.jpg", "caption": "naïve façade"}\n'.encode("cp1252"), "cp1252"),
+], ids=["gbk-csv", "cp1252-jsonl"])
+def test_a_legacy_encoded_file_is_rejected_with_what_to_do_not_guess_decoded(tmp_path, name, data, encoding):
+    """A GBK / cp1252 file without a BOM: its non-ASCII lines are rejected (never decoded by guessing, a wrong
+    guess corrupts silently), each rejection naming the file and saying to save it as UTF-8."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    stats = StepStats("read")
+    with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
+        records = list(read_source(SourceConfig(name="p", kind="zh_pairs", path=str(path)), rejects))
+    rows = [json.loads(line) for line in (tmp_path / "rejected" / "read.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 1 and [r["reason"] for r in rows] == ["invalid_utf8", "invalid_utf8"]
+    assert stats.read == 3 == len(records) + stats.rejected_total
+    for row in rows:
+        assert str(path) in row["detail"] and "save it as UTF-8" in row["detail"], row["detail"]
+        assert f"iconv -f {encoding} -t UTF-8" in row["detail"], row["detail"]
+
+
+def test_bad_bytes_that_look_like_no_legacy_encoding_get_no_encoding_hint(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"instruction": "bad \x81 \x9d bytes", "output": "x"}\n')  # undefined in cp1252, not GBK
+    stats = StepStats("read")
+    with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
+        assert list(read_source(SourceConfig(name="a", kind="alpaca", path=str(path)), rejects)) == []
+    row = json.loads((tmp_path / "rejected" / "read.jsonl").read_text(encoding="utf-8"))
+    assert row["reason"] == "invalid_utf8" and "iconv" not in row["detail"]

@@ -130,3 +130,34 @@ def test_paths_outside_the_run_folder_stay_absolute(tmp_path):
     assert portable_path(None, stage_dir) is None
     assert resolve_stored(stage_dir, "../base") == str(tmp_path / "runs" / "x" / "train" / "base")
     assert resolve_stored(stage_dir, "/abs/olds") == "/abs/olds"
+
+
+def test_a_stage_stopped_partway_resumes_from_its_checkpoint_after_the_run_folder_moved(shards, tmp_path):
+    """build-and-train after a crash in a moved run folder (resume="auto"): the resume key
+    (run_key.json) and the stage's records hold no path into the run folder, so the stage continues
+    from its newest checkpoint instead of starting afresh, and its loss curve is the uninterrupted one."""
+    cfg = ModelConfig(vision={"kind": "clip", "image_size": 32, "init": VISION}, connector=CONNECTOR, llm={"init": LLM})
+    run = tmp_path / "runs" / "demo"
+    render, train = run / "render", run / "train"
+    shutil.copytree(shards, render)  # the shards move with the run folder, as in a real run
+    train_stage(cfg, "stage1", stage(), render, train / "stage1")
+    st = stage(max_steps=4, save_steps=1, **SFT)
+    full = train_stage(cfg, "stage2", st, render, train / "reference", init_from=train / "stage1")
+    part = train_stage(cfg, "stage2", st, render, train / "stage2", init_from=train / "stage1",
+                       resume="auto", _stop_after=2)  # the crash: checkpoints 1 and 2 written, no stage folder
+    assert part["steps"] == 2 and (train / "stage2" / "checkpoints" / "checkpoint-2").is_dir()
+    for name in ("run_key.json", "training_args.json"):
+        assert str(run) not in (train / "stage2" / name).read_text(), name
+
+    moved = tmp_path / "elsewhere" / "demo"
+    moved.parent.mkdir()
+    shutil.move(run, moved)
+    resumed = train_stage(cfg, "stage2", st, moved / "render", moved / "train" / "stage2",
+                          init_from=moved / "train" / "stage1", resume="auto")
+    assert resumed["resumed_from"] == "checkpoints/checkpoint-2" and resumed["steps"] == 4
+    curve = dict(resumed["losses"])  # steps 1-2 from checkpoint-2's history, 3-4 trained after the move
+    assert {s: round(curve[s], 5) for s in (1, 2)} == {s: round(l, 5) for s, l in part["losses"]}
+    assert [round(curve[s], 5) for s in (1, 2, 3, 4)] == [round(l, 5) for _, l in full["losses"]]
+    for name in ("run_key.json", "training_args.json", "metrics.json", "stage.json"):
+        text = (moved / "train" / "stage2" / name).read_text()
+        assert str(moved) not in text and str(run) not in text, name

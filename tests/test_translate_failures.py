@@ -327,3 +327,54 @@ def test_which_rejections_keep_the_stage_pending(qa_reruns, pending):
 
     rejected = {"timeout": 1, "http_429": 1, "http_503": 1, "http_400": 2, "untranslated": 1, "bad_record": 3}
     assert _retry_pending(rejected, qa_reruns) == pending
+
+
+# requests over the endpoint's context length ------------------------------------------------
+
+def _translate_direct(server: ChatServer, tmp_path: Path, units: list[list[str]], **extra) -> tuple[list, dict]:
+    import asyncio
+
+    from translators.config import TranslatorConfig
+    from translators.memory import TranslationMemory
+    from translators.openai_backend import OpenAITranslator
+    from translators.protocol import Segment
+
+    cfg = TranslatorConfig(backend="openai", base_url=server.base_url, api_key_env=KEY_ENV, model="test-model",
+                           memory_path=str(tmp_path / "tm.sqlite"), backoff_base_s=0.01, timeout_s=5.0,
+                           max_retries=1, **extra)
+
+    async def go() -> tuple[list, dict]:
+        with TranslationMemory(cfg.memory_path) as memory:
+            translator = OpenAITranslator(cfg, memory)
+            try:
+                return await translator.translate([[Segment(t) for t in u] for u in units]), translator.report()
+            finally:
+                await translator.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("style", ["openai", "vllm", "413"])
+def test_a_batch_over_the_context_length_is_split_until_it_fits(style, monkeypatch, tmp_path):
+    """400 `context_length_exceeded` (OpenAI), 400 "maximum context length" (vLLM) or 413: the
+    batch is sent again in halves, down to what fits; nothing is rejected, nothing retried as is."""
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    units = [[f"A red car near the {w} street."] for w in WORDS[:6]] + [[f"What is the {w}?", f"A cat by the {w}."]
+                                                                           for w in WORDS[6:8]]
+    with ChatServer(api_key=API_KEY, max_segments=3, context_error=style) as srv:  # type: ignore[arg-type]
+        results, _ = _translate_direct(srv, tmp_path, units, batch_segments=16, concurrency=2)
+        over = sum(1 for s, n in srv.stats.statuses.items() if s in (400, 413) for _ in range(n))
+    assert all(r.ok for unit in results for r in unit), [r.verdict for unit in results for r in unit]
+    assert srv.stats.segments == 10, "every segment translated once, in requests that fit"
+    assert over >= 1 and srv.stats.ok >= 4
+
+
+def test_a_single_segment_over_the_context_length_is_rejected_as_too_long(monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    units = [[f"A red car near the {w} street."] for w in WORDS[:4]]
+    with ChatServer(api_key=API_KEY, max_segments=0) as srv:
+        results, _ = _translate_direct(srv, tmp_path, units, batch_segments=4, concurrency=1)
+    verdicts = [unit[0].verdict for unit in results]
+    assert all(v.reasons == ("too_long",) for v in verdicts), verdicts
+    assert all("one segment of" in v.detail and "context length" in v.detail for v in verdicts), verdicts
+    assert srv.stats.requests == 1 + 2 + 4, "halved down to single segments, each sent once, no retries"

@@ -140,3 +140,32 @@ def test_a_reasoning_model_is_translated_in_one_request(monkeypatch, tmp_path, r
     assert [r[0].text for r in results] == [dictionary_translate(q) for q in QUESTIONS]
     assert all(r[0].ok for r in results)
     assert report.get("reply_errors", 0) == 0 and server.stats.ok == 1, "one request, read as it came"
+
+
+# replies that are almost JSON ------------------------------------------------------------------
+
+@pytest.mark.parametrize("reply", [
+    '{"t": ["红色", ["猫是白色的。", "狗在车上。"],]}',  # trailing commas
+    '{"t": ["红色", ["猫是白色的。", "狗在车上。",],],}',
+    "['红色', ['猫是白色的。', '狗在车上。']]",  # a Python list
+    "{'t': ['红色', ['猫是白色的。', '狗在车上。']]}",  # a Python dict
+    "<think>[draft]</think>\n```python\n{'t': ['红色', ['猫是白色的。', '狗在车上。'],]}\n```\nDone [ok].",
+    '{"t": ["红色, [不是]", ["猫是白色的。", "狗在车上。"],]}',  # a comma and brackets inside a string stay
+])
+def test_trailing_commas_and_python_quotes_are_read(reply):
+    expected = [["红色, [不是]"] if "不是" in reply else ["红色"], EXPECTED[1]]
+    assert decode_reply(reply, SHAPES) == expected
+
+
+@pytest.mark.parametrize("reply", [
+    "[红色, [猫, 狗]]",  # names, not strings
+    "['红色', 1]",  # a number where a translation goes is no translation
+    "{'红色', '猫'}",  # a set
+    "[__import__('os').getcwd(), 'x']",  # never evaluated
+    "['红色', ['猫' + '狗', 'x']]",  # an expression
+    "['红色', ['猫是白色的。', '狗在车上。']",  # brackets that do not close
+])
+def test_garbage_that_only_looks_like_a_literal_is_refused(reply):
+    with pytest.raises(ReplyError):
+        if decode_reply(reply, SHAPES) == [None, None] or None in decode_reply(reply, SHAPES):
+            raise ReplyError("misshapen", reply)

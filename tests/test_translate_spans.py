@@ -179,3 +179,40 @@ def _translate(server: ChatServer, tmp_path: Path, texts: list[str]) -> list[Seg
                 await translator.aclose()
 
     return [unit[0] for unit in asyncio.run(go())]
+
+
+# tags without attribute values ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, protected", [
+    ("A <td nowrap>long cell</td> here.", ["<td nowrap>", "</td>"]),
+    ("Tick <input type=checkbox checked> or <input disabled> and <OPTION SELECTED>red</OPTION> now.",
+     ["<input type=checkbox checked>", "<input disabled>", "<OPTION SELECTED>", "</OPTION>"]),
+    ("Line one<br>line two, then <p>a new one.", ["<br>", "<p>"]),
+    ("If x<y and y>z then a<b and c>d holds.", []),  # comparisons, not tags
+    ("Is <image> the same as this one?", ["<image>"]),
+])
+def test_attributeless_html_tags_are_masked_and_comparisons_are_not(text, protected):
+    m = protect(text)
+    assert [s.value for s in m.spans] == protected
+    assert restore(m, m.text) == text
+
+
+@pytest.mark.parametrize("translation, reason", [
+    ("一个<td>长单元格</td>在这里。", "mask_lost"),  # the valueless attribute dropped
+    ("一个<td 不换行>长单元格</td>在这里。", "mask_lost"),  # or translated
+    ("一个<td nowrap>长单元格在这里。", "mask_lost"),
+])
+def test_qa_notices_a_changed_attributeless_tag(translation, reason):
+    assert reason in check("A <td nowrap>long cell</td> here.", translation, RULES).reasons
+    assert check("A <td nowrap>long cell</td> here.", "一个<td nowrap>长单元格</td>在这里。", RULES) == Verdict.passed()
+
+
+def test_attributeless_tags_survive_a_real_request(monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    texts = ["A <td nowrap>red cell</td> is here.", "The box <input disabled> is off."]
+    with ChatServer(api_key=API_KEY) as server:
+        results = _translate(server, tmp_path, texts)
+        sent = "".join(e["body"]["messages"][-1]["content"] for e in server.log)
+    assert all(r.ok for r in results), [r.verdict for r in results]
+    assert "<td nowrap>" in results[0].text and "<input disabled>" in results[1].text
+    assert not re.search(r"nowrap|disabled", sent)

@@ -19,7 +19,9 @@ Paths are relocatable: a path into the run folder (`base`, `init_from`, the conf
 `*_name_or_path` when they point at `train/base/...`) is stored relative to the stage folder and
 resolved against it when loaded (`portable_path` / `resolve_stored`), so a copied or moved `train/`
 (or run folder) loads without the original. Paths outside the run folder (the user's model
-folders) are stored absolute. Absolute paths written by older versions still load.
+folders) are stored absolute. Absolute paths written by older versions still load. The resume key
+(`run_key.json`), `training_args.json` and `metrics.json` `resumed_from` hold no path into the run
+folder either (`training.run.run_key`), so a stage that crashed in a moved run folder resumes.
 
 The merged layout (`save_merged`) is what `export --format merged` writes and what `prepare_base`
 writes for models built from `init`:

@@ -111,11 +111,27 @@ def shard_prompt(shards_dir: Path, stage_cfg: StageConfig) -> dict:
     return {**HintPolicy.from_record(record).to_record(), "template": stage_cfg.template}
 
 
+def portable_model(model_cfg: ModelConfig, stage_dir: Path) -> dict:
+    """The model section as the stage folder records it: its folder paths (`path`, `tokenizer`) that lie
+    inside the run folder relative to `stage_dir` (`portable_path`), so a moved run folder records the same."""
+    def walk(value, key=None):
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if key in ("path", "tokenizer") and isinstance(value, str) and value:
+            return portable_path(value, stage_dir)
+        return value
+    return walk(model_cfg.model_dump(mode="json"))
+
+
 def run_key(model_cfg: ModelConfig, stage_cfg: StageConfig, seed: int, init_from: Path | None,
-            shards_dir: Path) -> str:
-    """What a stage's checkpoints depend on: configs, seed, start weights and the shard manifest."""
-    h = hashlib.sha256(json.dumps([model_cfg.model_dump(mode="json"), stage_cfg.model_dump(mode="json"), seed,
-                                   str(init_from)], sort_keys=True, default=str).encode())
+            shards_dir: Path, out_dir: Path) -> str:
+    """What a stage's checkpoints depend on: configs, seed, start weights and the shard manifest's content.
+    Paths inside the run folder count relative to the stage folder `out_dir` (`portable_path`), so a
+    moved run folder keeps its key and resumes (the shards count by content, not where they lie)."""
+    h = hashlib.sha256(json.dumps([portable_model(model_cfg, out_dir), stage_cfg.model_dump(mode="json"), seed,
+                                   portable_path(init_from, out_dir)], sort_keys=True, default=str).encode())
     manifest = Path(shards_dir) / MANIFEST_FILE
     h.update(manifest.read_bytes() if manifest.is_file() else b"")
     return h.hexdigest()
@@ -182,7 +198,7 @@ def train_stage(
         return {**json.loads((out_dir / "metrics.json").read_text()), "skipped": True}  # finished earlier
     started = time.time()
     if resume == "auto":  # every rank reads before rank 0 may reset; a reset makes the answer False anyway
-        key = run_key(model_cfg, stage_cfg, seed, init_from, shards_dir)
+        key = run_key(model_cfg, stage_cfg, seed, init_from, shards_dir, out_dir)
         resume = same_run(out_dir, key)
         if not resume and dist_info()[0] == 0:
             start_afresh(out_dir, key)
@@ -293,7 +309,7 @@ def train_stage(
         "train_runtime": result.metrics.get("train_runtime"),
         "samples_per_second": trainer.samples / wall, "tokens_per_second": tokens / wall,
         "parameters": total, "trainable_parameters": trainable, "world_size": world,
-        "skipped_too_long": stream.skipped, "resumed_from": str(checkpoint) if checkpoint else None,
+        "skipped_too_long": stream.skipped, "resumed_from": portable_path(checkpoint, out_dir),  # relative: checkpoints/checkpoint-N
     }
     if rank == 0:
         meta = {
@@ -308,8 +324,13 @@ def train_stage(
                 save_stage(model, out_dir, config=config, tokenizer=tokenizer, processor=processor, meta=meta)
             except WRITE_ERRORS as err:
                 raise checkpoint_write_error("stage folder", out_dir, err) from err
-        write_json(out_dir / "training_args.json", {"stage": stage_cfg.model_dump(), "model": model_cfg.model_dump(),
-                                                     "trainer": args.to_dict()}, sort_keys=False, default=str)
+        trainer_args = args.to_dict()
+        for name in ("output_dir", "logging_dir"):  # paths into the stage folder: relative, as stage.json's
+            if isinstance(trainer_args.get(name), str):
+                trainer_args[name] = portable_path(trainer_args[name], out_dir)
+        write_json(out_dir / "training_args.json", {"stage": stage_cfg.model_dump(),
+                                                     "model": portable_model(model_cfg, out_dir),
+                                                     "trainer": trainer_args}, sort_keys=False, default=str)
         if _stop_after is None:
             write_json(out_dir / "metrics.json", metrics, sort_keys=False, default=str)
     barrier()

@@ -10,10 +10,15 @@ a bare array or a differently named key are all accepted.
 When a reply cannot be aligned (not JSON, wrong number of items) the request is split in two
 and each half sent again, down to single units and then single segments. A unit that comes
 back misshapen inside an otherwise aligned reply is re-sent alone; the rest is kept.
+Replies that only a tolerant second pass can read (trailing commas, a Python literal with
+single quotes) are accepted when strict JSON gives nothing that lines up (`_load_tolerant`).
+A request the endpoint rejects as over its context length (`RequestTooLarge`) is split in halves
+the same way; a single segment that still does not fit is rejected as `too_long`.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import re
@@ -44,6 +49,14 @@ class RequestFailed(RuntimeError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+class RequestTooLarge(RequestFailed):
+    """The endpoint rejected the request as over its context length (400 `context_length_exceeded`,
+    vLLM's "maximum context length", 413): smaller requests may fit, so the batch is split."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("too_long", detail)
 
 
 @dataclass(slots=True)
@@ -100,6 +113,13 @@ def decode_reply(
     vLLM also leaves the whole answer when its reasoning parser mistakes it for reasoning)."""
     found = _candidates(content or "", shapes, in_reasoning=False)
     found += _candidates(reasoning or "", shapes, in_reasoning=True)
+    if not any(c.rank[0] and c.rank[3] == len(shapes) for c in found):
+        # second pass, when nothing lines up whole: what strict JSON refused (trailing commas,
+        # Python quotes) may, and it may hold what strict JSON found (an inner array) whole
+        tolerant = _candidates(content or "", shapes, in_reasoning=False, tolerant=True)
+        tolerant += _candidates(reasoning or "", shapes, in_reasoning=True, tolerant=True)
+        if tolerant and (not found or max(c.rank[:4] for c in tolerant) > max(c.rank[:4] for c in found)):
+            found = tolerant
     if not found:
         raise ReplyError("parse_failed", _no_reply_detail(content, reasoning), usage)
     best = max(found, key=lambda c: c.rank)
@@ -120,10 +140,10 @@ class _Candidate:
     `{"t": [...]}`; more units are well-formed; it comes later (an answer follows its drafts)."""
 
 
-def _candidates(text: str, shapes: Sequence[int], in_reasoning: bool) -> list[_Candidate]:
+def _candidates(text: str, shapes: Sequence[int], in_reasoning: bool, tolerant: bool = False) -> list[_Candidate]:
     regions = [] if in_reasoning else reasoning_regions(text)
     out = []
-    for index, (start, top) in enumerate(_load_json(text)):
+    for index, (start, top) in enumerate(_load_json(text, tolerant)):
         for value in _reply_like(top):
             items = _extract_list(value, shapes)
             if items is None:
@@ -168,21 +188,83 @@ def _inside(pos: int, regions: list[tuple[int, int]]) -> bool:
     return any(a <= pos < b for a, b in regions)
 
 
-def _load_json(text: str) -> list[tuple[int, object]]:
+def _load_json(text: str, tolerant: bool = False) -> list[tuple[int, object]]:
     """(start, value) of every JSON object or array in `text` that is not inside another. A
     bracket that starts no valid JSON (prose, `[sic]`, a fence) is skipped: text around is harmless.
-    Raw newlines and tabs inside strings (local models write them) are accepted: `strict=False`."""
+    Raw newlines and tabs inside strings (local models write them) are accepted: `strict=False`.
+    `tolerant`: a bracket that starts no valid JSON is also read by `_load_tolerant`."""
     decoder = json.JSONDecoder(strict=False)
     values: list[tuple[int, object]] = []
-    pos = 0
+    pos, tries = 0, 0
     while (m := _JSON_START_RE.search(text, pos)) is not None:
         try:
             value, pos = decoder.raw_decode(text, m.start())
         except (json.JSONDecodeError, RecursionError):  # RecursionError: brackets nested too deep
-            pos = m.start() + 1
-            continue
+            found = None
+            if tolerant and tries < _MAX_TOLERANT_TRIES:
+                tries += 1
+                found = _load_tolerant(text, m.start())
+            if found is None:
+                pos = m.start() + 1
+                continue
+            value, pos = found
         values.append((m.start(), value))
     return values
+
+
+_MAX_TOLERANT_TRIES = 64
+"""Brackets the tolerant pass reads at most per text: each may scan to the end of the text."""
+_LITERAL_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[\[\]{}]', re.S)
+_TRAILING_COMMA_RE = re.compile(r'("(?:[^"\\]|\\.)*")|,(\s*[\]}])', re.S)
+
+
+def _load_tolerant(text: str, start: int) -> tuple[object, int] | None:
+    """(value, end) of the bracketed value at `start` read leniently, or None: JSON with trailing
+    commas (`["a", "b",]`), or a Python literal of strings, lists and dicts only (`['a', 'b']`,
+    read by `ast.literal_eval`, never `eval`). Anything else (names, numbers, sets...) is refused."""
+    end = _balanced_end(text, start)
+    if end is None:
+        return None
+    chunk = text[start:end]
+    try:
+        return json.loads(_TRAILING_COMMA_RE.sub(lambda m: m.group(1) or m.group(2), chunk), strict=False), end
+    except (ValueError, RecursionError):
+        pass
+    try:
+        value = ast.literal_eval(chunk)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return (value, end) if _only_text(value) else None
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    """The end of the bracketed value starting at `start` (strings in either quote skipped), or
+    None when its brackets do not close in order."""
+    stack: list[str] = []
+    for m in _LITERAL_TOKEN_RE.finditer(text, start):
+        tok = m.group()
+        if tok in "[{":
+            stack.append("]" if tok == "[" else "}")
+        elif tok in "]}":
+            if not stack or stack.pop() != tok:
+                return None
+            if not stack:
+                return m.end()
+        elif not stack:
+            return None
+    return None
+
+
+def _only_text(value: object, depth: int = 0) -> bool:
+    if depth > 50:
+        return False
+    if isinstance(value, str):
+        return True
+    if isinstance(value, list):
+        return all(_only_text(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _only_text(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def _extract_list(data: object, shapes: Sequence[int]) -> list | None:
@@ -243,6 +325,11 @@ async def send_with_split(
     """Translate `units` with as few requests as the replies allow; one outcome per segment."""
     try:
         reply = await send(units, strict)
+    except RequestTooLarge as e:
+        if len(units) == 1 and len(units[0]) == 1:
+            detail = f"one segment of {len(units[0][0]):,} characters is over the endpoint's context length: {e.detail}"
+            return [[SegmentOutcome(None, e.reason, detail, 1)]]
+        return await _split(send, units, strict)
     except RequestFailed as e:
         return [[SegmentOutcome(None, e.reason, e.detail, 1) for _ in u] for u in units]
     except ReplyError as e:

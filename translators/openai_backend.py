@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from translators.batching import (
     Reply,
     ReplyError,
     RequestFailed,
+    RequestTooLarge,
     SegmentOutcome,
     decode_reply,
     encode_units,
@@ -210,6 +212,10 @@ class OpenAITranslator(MemoryFirstTranslator):
                 "does not help); add credit or use another key, then run the same command again: only what is "
                 "still missing is sent."
             ) from None
+        if _over_context(e, status, message):
+            self.stats.count("context_splits")
+            log.info("request over the context length (%s); splitting", message[:120])
+            raise RequestTooLarge(f"HTTP {status}: {message[:200]}")
         reason = _reason(e, status)
         retryable = isinstance(e, openai.APIConnectionError) or status in (408, 409, 429) or (status or 0) >= 500
         if not retryable:
@@ -273,6 +279,19 @@ def scrub_url(url: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else host + parts.path
+
+
+_CONTEXT_RE = re.compile(r"context[_ ]length[_ ]exceeded|maximum context length|context window", re.I)
+
+
+def _over_context(e: openai.APIError, status: int | None, message: str) -> bool:
+    """Whether the endpoint refused the request as too long for the model: 413, or a 400 with
+    OpenAI's code `context_length_exceeded` or a message saying so (vLLM: "maximum context length")."""
+    if status == 413:
+        return True
+    if status != 400:
+        return False
+    return getattr(e, "code", None) == "context_length_exceeded" or bool(_CONTEXT_RE.search(message))
 
 
 def _reason(e: openai.APIError, status: int | None) -> str:

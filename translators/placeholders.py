@@ -15,7 +15,10 @@ Text that already looks like a mask token is itself protected, so it survives un
 
 A tag is protected whole, attributes and all (`<img src="a.png" alt="cat"/>`, `<a href="x">`,
 `<br/>`, `<!-- note -->`): a model would translate the attribute values and names otherwise;
-so is an HTML entity (`&amp;`, `&#39;`), which a model would decode.
+so is an HTML entity (`&amp;`, `&#39;`), which a model would decode. A tag whose attributes have
+no value (`<td nowrap>`, `<input disabled>`) is a tag only when its name is a known HTML element
+and its attributes known boolean ones (`_HTML_ELEMENTS`, `_BOOLEAN_ATTRS`): `x<y and y>z` and
+`a<b and c>d` stay text.
 A number is masked whole (`3.5`, `1,000`, `10:30`, `50%`) when it stands alone. One glued to
 letters (`10cm`, `3.5kg`, `1st`, `4K`, `A380`) is part of a word the model must see to translate
 it (`10厘米`, `第1`), so it is left in the text; QA checks that its digits survive either way.
@@ -38,6 +41,24 @@ _FORMAT_FIELD = (r"\{\{\s*[\w.]+\s*\}\}"  # {{name}}
                  r"|\{[A-Za-z0-9_]*(?:\.[A-Za-z_]\w*|\[\w+\])*(?:![rsa])?(?::[^{}\s]*)?\}"  # {} {0} {name!r:>8}
                  r"|%(?:\(\w+\)|\d+\$)?[-+#0]*(?:\d+|\*)?(?:\.\d+)?[sdifFeEgGxXoc](?![A-Za-z0-9_])")  # %s %(n)d %.2f
 
+_HTML_ELEMENTS = frozenset("""
+a abbr address area article aside b base bdi bdo blockquote body br button canvas caption cite code
+col colgroup data datalist dd del details dfn dialog div dl dt em embed fieldset figcaption figure footer
+form h1 h2 h3 h4 h5 h6 head header hgroup hr html i iframe input ins kbd label legend li link main map
+mark menu meta meter nav noscript object ol optgroup option output p param picture pre progress q rp rt
+ruby s samp script search section select slot small source span strong style sub summary sup table tbody
+td template textarea tfoot th thead time title tr track u ul var wbr center font big tt nobr strike
+""".split())
+"""HTML elements, less those that VLM data uses as placeholders (`<img>`, `<video>`, `<audio>`:
+Qwen-VL, LLaVA-Video), which stay placeholders tied to their place."""
+_BOOLEAN_ATTRS = frozenset("""
+allowfullscreen async autofocus autoplay checked compact controls default defer disabled formnovalidate
+hidden inert ismap itemscope loop multiple muted nomodule noresize noshade novalidate nowrap open
+playsinline readonly required reversed selected truespeed
+""".split())
+_ELEMENT = "|".join(sorted(_HTML_ELEMENTS, key=len, reverse=True))
+_BOOL_ATTR = "|".join(sorted(_BOOLEAN_ATTRS, key=len, reverse=True))
+
 # ASCII look-arounds, not \b: in Chinese text a URL touches CJK characters, which are \w.
 # Order is priority: at one position the first alternative that matches wins, and positions
 # inside a match are never looked at again (so a URL's digits are not numbers).
@@ -52,6 +73,9 @@ _PATTERNS: list[tuple[SpanKind, str]] = [
     # a tag with attributes (one `=` at least: `x<y and y>z` is no tag) or self-closing, a comment,
     # a declaration: `<a href="x">`, `<br/>`, `<!-- -->`, `<!DOCTYPE html>`
     ("tag", rf"<[A-Za-z][\w:.-]*(?=[^<>]*=)(?:{_ATTR})+\s*/?>|<[A-Za-z][\w:.-]*(?:{_ATTR})*\s*/>"
+            # a known element bare or with valueless attributes only: `<td nowrap>`, `<input disabled>`,
+            # `<br>`, `</p>` (markup that moves with the words, not a placeholder tied to an edge)
+            rf"|<(?i:{_ELEMENT})(?:\s+(?i:{_BOOL_ATTR}))*\s*/?>|</(?i:{_ELEMENT})\s*>"
             r"|<!--.*?-->|<![A-Za-z][^<>]*>"),
     ("entity", r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});"),  # &amp; &#39; &#x27;
     ("placeholder", rf"</?[A-Za-z_][A-Za-z0-9_\-]*>|{_FORMAT_FIELD}"),  # <image>, </ref>, {name}, %s

@@ -12,6 +12,7 @@ and sends every rejection, with its file and line or index, to the `RejectWriter
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +27,7 @@ from pipelines.sources.llava import read_llava
 from pipelines.sources.sharegpt import read_sharegpt
 from pipelines.sources.textvqa import read_textvqa
 from pipelines.sources.url_list import read_url_list, read_zh_pairs
-from pipelines.sources.validation import validate
+from pipelines.sources.validation import legacy_encoding, legacy_encoding_hint, validate
 from pipelines.sources.vqav2 import read_vqav2
 from templates.schema import Record
 
@@ -73,9 +74,12 @@ def read_located(
     10 M records cost ~600 MB; shard the source beyond that."""
     stats = stats if stats is not None else (rejects.stats if rejects is not None else StepStats("read"))
     seen: set[bytes] = set()
+    legacy: dict[str, str | None] = {}  # file -> the codec its first undecodable line looks like
     for item in read_items(cfg):
         stats.count_read(cfg.name)
         reason, detail, record = _check(item, seen)
+        if reason == "invalid_utf8" and record is not None:
+            detail = _with_encoding_hint(detail, item.location, record, legacy)
         if reason is None:
             yield item.location, record  # type: ignore[misc]
         elif rejects is not None:
@@ -99,6 +103,20 @@ def _check(item: Item, seen: set[bytes]) -> tuple[str | None, str, Record | None
         return "duplicate_id", f"id {item.record.id} was already read from this source", item.record
     seen.add(digest)
     return None, "", item.record
+
+
+def _with_encoding_hint(detail: str, location: str, record: Record, legacy: dict[str, str | None]) -> str:
+    """An `invalid_utf8` detail, plus what to do when the file's first undecodable line looks like a
+    legacy encoding (GBK, cp1252): the whole file is, so each of its rejections says so."""
+    file = _LOCATION_SUFFIX.sub("", location)
+    if file not in legacy:
+        legacy[file] = legacy_encoding(record)
+    encoding = legacy[file]
+    return f"{detail}; {legacy_encoding_hint(file, encoding)}" if encoding else detail
+
+
+_LOCATION_SUFFIX = re.compile(r"(:\d+|\[\d+\]|@\d+)$")
+"""How a location names its place in the file: "file:line", "file[index]", "file@offset"."""
 
 
 def _truncated(raw: object) -> object:

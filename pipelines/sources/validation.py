@@ -3,7 +3,9 @@
 A check returns None (keep) or `(reason, detail)` (reject), datatrove-style. The reasons
 are the keys counted in the step's report:
 
-    invalid_utf8          text that is not valid UTF-8 (bad bytes in the source file)
+    invalid_utf8          text that is not valid UTF-8 (bad bytes in the source file); when the file's
+                          first such line looks like GBK or cp1252 (`legacy_encoding`), the detail says
+                          to re-save the file as UTF-8 (`read_located`); nothing is guess-decoded
     no_messages           an empty conversation
     unknown_role          a role other than human/gpt/user/assistant
     empty_turn            a turn whose text is empty or only whitespace
@@ -73,6 +75,43 @@ def check_utf8(record: Record) -> Rejection:
             byte = f"0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
             return "invalid_utf8", f"{where}: not valid UTF-8 (byte/code point {byte} at {text.index(bad)})"
     return None
+
+
+def legacy_encoding(record: Record) -> str | None:
+    """The legacy codec ("GBK", "cp1252") the first text of `record` that is not UTF-8 looks like, or None.
+    Only a hint for the rejection detail (re-save the file as UTF-8): text is never decoded with it, as a
+    wrong guess would corrupt it silently. GBK when its bytes decode as GBK to CJK text, else cp1252 when
+    they decode as cp1252. Undecodable bytes reach the text as U+DC80..U+DCFF (`jsonstream.ESCAPE_ERRORS`)."""
+    texts = [record.image] + [m.get("content") for m in record.messages if isinstance(m, dict)]
+    text = next((t for t in texts if isinstance(t, str) and not _is_utf8(t)), None)
+    if text is None:
+        return None
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the line's bytes as the file holds them
+    except UnicodeEncodeError:  # other lone surrogates (a UTF-16 file, a JSON \ud800 escape): no guess
+        return None
+    try:
+        decoded = raw.decode("gbk")
+        if all(ord(ch) < 0x80 or _cjk(ch) for ch in decoded):
+            return "GBK"
+    except UnicodeDecodeError:
+        pass
+    try:
+        raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return None
+    return "cp1252"
+
+
+def _cjk(ch: str) -> bool:
+    code = ord(ch)
+    return 0x4E00 <= code <= 0x9FFF or 0x3000 <= code <= 0x303F or 0xFF00 <= code <= 0xFFEF or 0x3400 <= code <= 0x4DBF
+
+
+def legacy_encoding_hint(file: str, encoding: str) -> str:
+    """What an `invalid_utf8` rejection of a file that looks like `encoding` tells the user to do."""
+    return (f"{file} looks like {encoding}, not UTF-8 (its lines are not decoded by guessing): save it as UTF-8, "
+            f"e.g. `iconv -f {encoding} -t UTF-8 '{file}' > utf8-copy` and point the source at the copy")
 
 
 def _is_utf8(text: str) -> bool:

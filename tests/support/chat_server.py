@@ -22,6 +22,9 @@ from the server's seeded RNG, so a run is repeatable):
 `reject_json_mode=True` makes it answer 400 to `response_format`, like endpoints without JSON mode.
 `echo_auth=True` makes every error body repeat the request's Authorization header, as a careless
 proxy might, so tests can check that the client never shows it.
+`max_segments=N` makes it refuse requests of more than N strings as over its context length, as
+`context_error` says: "openai" (400 `context_length_exceeded`), "vllm" (400 "maximum context
+length") or "413" (Payload Too Large).
 `reply_as(content) -> dict` rewrites each answer's message fields, e.g. to answer as a reasoning
 model does (`<think>...</think>` before the JSON, or the JSON in `reasoning_content`).
 """
@@ -126,7 +129,11 @@ class ChatServer:
         echo_auth: bool = False,
         seed: int = 0,
         reply_as: Callable[[str], dict[str, Any]] | None = None,
+        max_segments: int | None = None,
+        context_error: Literal["openai", "vllm", "413"] = "openai",
     ) -> None:
+        self.max_segments = max_segments
+        self.context_error = context_error
         self.api_key = api_key
         self.reply_as = reply_as
         self.latency_s = latency_s
@@ -214,6 +221,8 @@ class ChatServer:
             self.log.append({"body": body})
         if self.reject_json_mode and "response_format" in body:
             return self._error(400, "response_format is not supported by this model", "invalid_request_error")
+        if self.max_segments is not None and _count_segments(user) > self.max_segments:
+            return self._over_context(_count_segments(user))
         fault = self._take_fault(user, segment_level=False)
         if fault is not None and fault.kind == "rate_limit":
             return self._error(429, "Rate limit reached, try again later", "rate_limit_exceeded",
@@ -288,6 +297,15 @@ class ChatServer:
         }
         return 200, {}, json.dumps(reply, ensure_ascii=False).encode("utf-8")
 
+    def _over_context(self, n: int) -> tuple[int, dict, bytes]:
+        if self.context_error == "413":
+            return self._error(413, "Request Entity Too Large", "request_too_large")
+        if self.context_error == "vllm":
+            return self._error(400, f"This model's maximum context length is 64 tokens. However, you requested "
+                                    f"{n * 40} tokens in the messages.", "BadRequestError")
+        return self._error(400, f"This model's maximum context length is 64 tokens. However, your messages "
+                                f"resulted in {n * 40} tokens.", "context_length_exceeded")
+
     def _error(
         self, status: int, message: str, code: str, headers: dict[str, str] | None = None
     ) -> tuple[int, dict, bytes]:
@@ -308,6 +326,17 @@ def _with_auth_echo(body: bytes, authorization: str) -> bytes:
     error["message"] = f"{error.get('message', '')} (request had Authorization: {authorization})"
     error["request_headers"] = {"authorization": authorization}
     return json.dumps(data).encode("utf-8")
+
+
+def _count_segments(user: str) -> int:
+    """Strings in a batch request (1 for a plain-text one)."""
+    try:
+        items = json.loads(user)
+    except ValueError:
+        return 1
+    if not isinstance(items, list):
+        return 1
+    return sum(len(i) if isinstance(i, list) else 1 for i in items)
 
 
 def _drop_last_item(content: str) -> str:
