@@ -10,8 +10,8 @@ from typing import TypeVar
 from tqdm import tqdm
 
 
-def bar(total: int | None, desc: str, unit: str = "rec") -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, mininterval=2.0, dynamic_ncols=True, leave=False,
+def bar(total: int | None, desc: str, unit: str = "rec", initial: int = 0, leave: bool = False) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, mininterval=2.0, dynamic_ncols=True, leave=leave,
                 disable=os.environ.get("VCLA_PROGRESS") == "0")
 
 

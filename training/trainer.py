@@ -16,6 +16,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from common.files import TMP_PREFIX, atomic_open, rename_into_place
+from common.progress import bar
 from training.checkpoint import WRITE_ERRORS, checkpoint_write_error, trainable_state
 from training.config import StageConfig
 from training.data import ShardStream
@@ -153,8 +154,7 @@ class StageProgress(TrainerCallback):
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             keep_log_until(self.log_path, state.global_step)
             self.step = state.global_step
-            self.bar = tqdm(total=state.max_steps, initial=self.step, desc=self.desc, unit="step", mininterval=2.0,
-                            dynamic_ncols=True, disable=os.environ.get("VCLA_PROGRESS") == "0")
+            self.bar = bar(state.max_steps, self.desc, unit="step", initial=self.step, leave=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:

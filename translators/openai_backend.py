@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import openai
 
+from common.retry import retryable_status
 from translators.base import MemoryFirstTranslator, Missing
 from translators.batching import (
     Reply,
@@ -217,7 +218,7 @@ class OpenAITranslator(MemoryFirstTranslator):
             log.info("request over the context length (%s); splitting", message[:120])
             raise RequestTooLarge(f"HTTP {status}: {message[:200]}")
         reason = _reason(e, status)
-        retryable = isinstance(e, openai.APIConnectionError) or status in (408, 409, 429) or (status or 0) >= 500
+        retryable = isinstance(e, openai.APIConnectionError) or retryable_status(status)
         if not retryable:
             raise self._gave_up(reason, message[:300])
         retry_after = parse_retry_after(e.response.headers) if isinstance(e, openai.APIStatusError) else None

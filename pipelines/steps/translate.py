@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
+from common.retry import retryable_status, status_in
 from common.files import atomic_open, clean_stale_temp_files, read_json, write_json
 from common.layout import DONE_FILE
 from common.progress import bar, count_lines
@@ -58,10 +59,9 @@ STEP_NAME = "translate"
 UNRETRYABLE = {"bad_record", "unsupported_lang"}
 """Rejections a rerun cannot fix; every other reason makes the next run try again."""
 TRANSIENT = {"connection_error", "timeout", "parse_failed", "count_mismatch"}
-"""Failures of the request or reply (with `http_<status>` for the statuses of `TRANSIENT_HTTP`): the flows
-rerun the step until none is left."""
-TRANSIENT_HTTP = {408, 409, 425, 429} | set(range(500, 600))
-"""A 400, 413, 422 for a segment (too long, a content filter) comes back the same: capped like QA failures."""
+"""Failures of the request or reply, with `http_<status>` for a status `common.retry` calls retryable:
+the flows rerun the step until none is left. A 400, 413 or 422 for a segment (too long, a content
+filter) comes back the same: capped like QA failures."""
 MAX_QA_RERUNS = 2
 """QA failures (numbers_changed, refusal, ...) survived the stricter retry; a model at low temperature
 mostly repeats them, so they keep the step pending for this many reruns in a row only, not for ever
@@ -141,8 +141,7 @@ def _failures(rejected: dict[str, int]) -> tuple[int, int]:
 
 
 def _is_transient(reason: str) -> bool:
-    code = reason.removeprefix("http_")
-    return reason in TRANSIENT or (code != reason and code.isdigit() and int(code) in TRANSIENT_HTTP)
+    return reason in TRANSIENT or retryable_status(status_in(reason, "http_"))
 
 
 def _import_memory_files(memory: TranslationMemory, cfg: TranslatorConfig, stats: StepStats) -> None:

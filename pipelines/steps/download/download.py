@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.retry import retryable_status, status_in
 from common.files import atomic_open, clean_stale_temp_files, read_json, write_json
 from common.image_refs import ImageRefError, parse_image_ref
 from common.layout import DONE_FILE
@@ -63,10 +64,8 @@ URL_LIST = "url_list.parquet"
 SPOOL = ".read"
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names are 00000, 00001, ...
 TRANSIENT = {"image_timeout", "image_connection_error"}
-"""Failures a later run may not meet (with the HTTP statuses of `TRANSIENT_HTTP`): their records make
+"""Failures a later run may not meet (and the HTTP statuses `common.retry` calls retryable): their records make
 the step pending (`retry_pending`), and a rerun fetches their shards again."""
-TRANSIENT_HTTP = {408, 425, 429} | (set(range(500, 600)) - {501, 505})
-"""Request timeout, too early, too many requests, server errors (not "not implemented", "HTTP version")."""
 MAX_RERUNS = 3
 """A host that stays down (or keeps answering 503) keeps the step pending for this many reruns only."""
 
@@ -306,10 +305,7 @@ def reopen_transient_shards(images: Path, pending: int, reruns: int) -> list[str
 
 def is_transient(reason: str) -> bool:
     """Whether an image failure (`classify`) may not happen again: a timeout, a connection, HTTP 429/5xx."""
-    if reason in TRANSIENT:
-        return True
-    code = reason.removeprefix("image_http_")
-    return code != reason and code.isdigit() and int(code) in TRANSIENT_HTTP
+    return reason in TRANSIENT or retryable_status(status_in(reason, "image_http_"))
 
 
 def records_digest(out_dir: Path, sources: list[str]) -> str:
