@@ -105,7 +105,7 @@ def test_no_key_needed_when_translate_is_finished_or_offline(downloaded):
 
 
 def test_unset_key_message_has_one_source(tmp_path, monkeypatch):
-    """The pre-flight and the backend say the same words, written once (translators/config.py)."""
+    """The pre-flight and the backend say the same words, written once (llm/config.py)."""
     from pipelines.cli.preflight import preflight
     from translators.config import TranslatorConfig, unset_api_key_message
     from translators.memory import TranslationMemory
@@ -121,9 +121,9 @@ def test_unset_key_message_has_one_source(tmp_path, monkeypatch):
         preflight("translate", recipe, argparse.Namespace(command="translate"))
     assert str(backend.value) == unset_api_key_message(KEY_ENV)
     assert str(early.value) == f"{recipe.file}: {unset_api_key_message(KEY_ENV)}"
-    holders = [p.relative_to(REPO).as_posix() for folder in ("pipelines", "translators")
+    holders = [p.relative_to(REPO).as_posix() for folder in ("pipelines", "translators", "generators", "llm")
                for p in (REPO / folder).rglob("*.py") if "is not set; export the API key" in p.read_text()]
-    assert holders == ["translators/config.py"]
+    assert holders == ["llm/config.py"]
 
 
 @pytest.mark.xdist_group("prefect")

@@ -18,7 +18,7 @@ from support.translate_fixtures import API_KEY, KEY_ENV, make_recipe, read_jsonl
 
 from pipelines.core.errors import StepFailed
 from pipelines.steps.translate import run_translate
-from translators.openai_backend import scrub_url
+from llm.config import scrub_url
 
 WORDS = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(80)]  # a unique word per caption
 

@@ -21,7 +21,7 @@ from translators.batching import (
     pack,
     send_with_split,
 )
-from translators.limits import Limits, RateLimiter, RetryPolicy, parse_retry_after
+from llm.limits import Limits, RateLimiter, RetryPolicy, parse_retry_after
 from translators.memory import WILDCARD, MemoryImportError, TranslationMemory, normalise
 from translators.placeholders import protect, restore, spans
 from translators.protocol import Usage, Verdict

@@ -41,7 +41,7 @@ class MemoryFirstTranslator:
         self.model = config.model
         self.prompt_version = config.prompt_version
         self.rules = QARules.from_config(config.qa, config.target_lang, config.glossary)
-        self.stats = TranslatorReport(config.price.input_per_million, config.price.output_per_million)
+        self.stats = TranslatorReport(prices=config.price.prices())
         self._qa_cache: dict[tuple[str, str, str], Verdict] = {}
         self._inflight: dict[str, asyncio.Future[SegmentResult]] = {}
 

@@ -25,6 +25,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from llm.errors import RequestFailed, RequestTooLarge
 from translators.protocol import Usage
 
 REPLY_KEY = "t"
@@ -41,22 +42,6 @@ class ReplyError(ValueError):
     def __init__(self, reason: str, detail: str, usage: Usage | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.usage = reason, detail, usage or Usage()
-
-
-class RequestFailed(RuntimeError):
-    """The request itself failed after all retries (HTTP errors, timeouts)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
-class RequestTooLarge(RequestFailed):
-    """The endpoint rejected the request as over its context length (400 `context_length_exceeded`,
-    vLLM's "maximum context length", 413): smaller requests may fit, so the batch is split."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("too_long", detail)
 
 
 @dataclass(slots=True)

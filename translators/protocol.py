@@ -12,6 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from llm.errors import EndpointError
+from llm.usage import Usage
+
+__all__ = ["Segment", "SegmentResult", "Translator", "TranslatorError", "Usage", "Verdict"]
+
 SegmentKind = Literal["text", "short_answer"]
 """`short_answer`: a one-word VQA answer; its translation must stay a short phrase."""
 
@@ -58,22 +63,6 @@ class Verdict:
 
 
 @dataclass(slots=True)
-class Usage:
-    """Tokens as the endpoint billed them. Per segment it is the segment's share of its request."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def add(self, other: "Usage") -> None:
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-
-
-@dataclass(slots=True)
 class SegmentResult:
     source: str
     text: str | None
@@ -108,6 +97,6 @@ class Translator(Protocol):
     async def aclose(self) -> None: ...
 
 
-class TranslatorError(RuntimeError):
+class TranslatorError(EndpointError):
     """The translator cannot run at all (configuration, credentials, endpoint); the message says
     what to change. Per-segment problems are verdicts, never this."""

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 
 from common.files import atomic_folder, sha256_file
 from pipelines.demo import alpaca, texts
-from pipelines.demo.scenes import Scene, draw_scene, image_name, sample_scene
+from pipelines.demo.scenes import SHAPES, Scene, draw_scene, image_name, placements, sample_scene
 from pipelines.demo.texts import Pair, VQAItem
 from pipelines.recipe import DemoConfig
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MANIFEST = "demo_manifest.json"
 JPEG_QUALITY = 92
 LLAVA_FRACTION = 0.35  # share of training images that also get a LLaVA item
@@ -61,10 +61,8 @@ def generate_demo(out_dir: str | Path, settings: DemoConfig | None = None) -> di
 
 
 def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[str, Any]:
-    scenes = [sample_scene(i, random.Random(f"{settings.seed}:scene:{i}"))
-              for i in range(1, settings.num_images + 1)]
-    num_heldout = max(1, round(settings.num_images * settings.heldout_fraction))
-    train, heldout = scenes[:-num_heldout], scenes[-num_heldout:]
+    train, heldout = split_scenes(settings)
+    scenes = train + heldout
     memory = Memory()
     _write_images(staging / "images", scenes)
     rng = random.Random(f"{settings.seed}:text")
@@ -78,6 +76,7 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[
         "text_items": _write_alpaca(staging, rng, max(MIN_TEXT_ITEMS, len(train) // 8)),
         "heldout_questions": _write_vqa(staging / "heldout", heldout, rng, memory,
                                         lambda s, r: [texts.color_question(x) for x in s.shapes]),
+        "instances": _write_instances(staging / "instances", train),
     }
     _write_eval_jsonl(staging / "heldout", heldout)
     if settings.vision_encoder is not None:
@@ -93,6 +92,14 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[
                 "counts": counts, "files": files}
     _write_json(staging / MANIFEST, manifest, indent=2)
     return manifest
+
+
+def split_scenes(settings: DemoConfig) -> tuple[list[Scene], list[Scene]]:
+    """The corpus's scenes, (training, held-out): image ids 1..num_images, the last ones held out."""
+    scenes = [sample_scene(i, random.Random(f"{settings.seed}:scene:{i}"))
+              for i in range(1, settings.num_images + 1)]
+    num_heldout = max(1, round(settings.num_images * settings.heldout_fraction))
+    return scenes[:-num_heldout], scenes[-num_heldout:]
 
 
 def _settings(cfg: DemoConfig) -> dict[str, Any]:
@@ -190,6 +197,36 @@ def _write_alpaca(staging: Path, rng: random.Random, n: int) -> int:
     (staging / "text").mkdir()
     _write_json(staging / "text" / "alpaca_zh.json", alpaca.alpaca_items(n, rng), indent=1)
     return n
+
+
+def _write_instances(folder: Path, scenes: list[Scene]) -> int:
+    """COCO `instances_train.json`: one box per drawn shape, training images only (held-out
+    images get no generated data, boxes included)."""
+    images, annotations = [], []
+    for scene in scenes:
+        images.append({"id": scene.image_id, "file_name": image_name(scene.image_id),
+                       "width": scene.width, "height": scene.height})
+        for placement in placements(scene):
+            x, y, w, h = _coco_bbox(placement.bbox, scene.width, scene.height)
+            annotations.append({"id": len(annotations) + 1, "image_id": scene.image_id,
+                                "category_id": placement.shape.kind + 1, "bbox": [x, y, w, h],
+                                "area": round(w * h, 2), "iscrowd": 0})
+    categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, (name, _) in enumerate(SHAPES)]
+    data = {"info": {"description": "visualcla-forge synthetic shapes (COCO instances layout)", "version": "1.0"},
+            "licenses": [{"id": 1, "name": "CC0-1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+            "images": images, "categories": categories, "annotations": annotations}
+    folder.mkdir()
+    _write_json(folder / "instances_train.json", data)
+    return len(annotations)
+
+
+def _coco_bbox(bbox: tuple[float, float, float, float], width: int, height: int) -> list[float]:
+    """[x, y, w, h] clipped to the image (a shape may overhang a border cell), 2 decimals; the
+    area written beside it is the box's (the corpus has no segmentation masks)."""
+    left, top, w, h = bbox
+    x1, y1 = round(max(0.0, left), 2), round(max(0.0, top), 2)
+    x2, y2 = round(min(float(width), left + w), 2), round(min(float(height), top + h), 2)
+    return [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
 
 
 def _write_eval_jsonl(folder: Path, scenes: list[Scene]) -> None:

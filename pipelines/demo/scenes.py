@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -113,27 +114,83 @@ def sample_scene(image_id: int, rng: random.Random, min_size: int = 96, max_size
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where and how one shape is drawn: centre and radius in pixels, fill, rotation in degrees.
+
+    `points` are the polygon's vertices exactly as they are drawn (None for a circle), so `bbox`
+    is the drawn shape's extent, not an estimate; COCO-layout boxes of the demo corpus use it."""
+
+    shape: Shape
+    cx: float
+    cy: float
+    radius: float
+    fill: tuple[int, int, int]
+    rotation: float
+
+    @property
+    def points(self) -> list[tuple[float, float]] | None:
+        return _polygon(self.shape.kind_en, self.cx, self.cy, self.radius, self.rotation)
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(left, top, width, height) in pixels of the drawn polygon or circle (may reach past
+        the image edge by a few pixels: a shape can overhang its border cell)."""
+        points = self.points
+        if points is None:
+            r = self.radius
+            return (self.cx - r, self.cy - r, 2 * r, 2 * r)
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        return (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
+
+
+class _Layout(NamedTuple):
+    """Every random draw of one image, in the order they are made."""
+
+    top: tuple[int, int, int]
+    bottom: tuple[int, int, int]
+    placements: list[Placement]
+    blur: bool
+
+
+def _layout(scene: Scene) -> _Layout:
+    """Replay the scene's draws: background jitter, then per shape radius, cx, cy, fill, rotation,
+    then blur. Changing this order changes every image of the corpus."""
+    rng = random.Random(scene.draw_seed)
+    top = _jitter(BACKGROUNDS[scene.background][2], rng, 8)
+    bottom = _jitter(BACKGROUNDS[scene.background][2], rng, 8)
+    placed = [_place(scene, shape, rng) for shape in scene.shapes]
+    return _Layout(top, bottom, placed, rng.random() < 0.3)
+
+
+def _place(scene: Scene, shape: Shape, rng: random.Random) -> Placement:
+    cell_w, cell_h = scene.width / 3, scene.height / 3
+    row, col = shape.cell
+    radius = min(cell_w, cell_h) * rng.uniform(0.34, 0.46)
+    cx = (col + 0.5) * cell_w + rng.uniform(-0.08, 0.08) * cell_w
+    cy = (row + 0.5) * cell_h + rng.uniform(-0.08, 0.08) * cell_h
+    fill = _jitter(COLORS[shape.color][2], rng, 14)
+    return Placement(shape, cx, cy, radius, fill, rng.uniform(-12, 12))
+
+
+def placements(scene: Scene) -> list[Placement]:
+    """The shapes of `scene` as `draw_scene` draws them (same draws, same order)."""
+    return _layout(scene).placements
+
+
 def draw_scene(scene: Scene) -> Image.Image:
     """Render a scene: a slightly tinted gradient background, then each shape in its cell."""
-    rng = random.Random(scene.draw_seed)
-    image = _background(scene, rng)
+    layout = _layout(scene)
+    image = _background(scene, layout.top, layout.bottom)
     draw = ImageDraw.Draw(image)
-    cell_w, cell_h = scene.width / 3, scene.height / 3
-    for shape in scene.shapes:
-        row, col = shape.cell
-        radius = min(cell_w, cell_h) * rng.uniform(0.34, 0.46)
-        cx = (col + 0.5) * cell_w + rng.uniform(-0.08, 0.08) * cell_w
-        cy = (row + 0.5) * cell_h + rng.uniform(-0.08, 0.08) * cell_h
-        fill = _jitter(COLORS[shape.color][2], rng, 14)
-        _draw_shape(draw, SHAPES[shape.kind][0], (cx, cy), radius, fill, rng.uniform(-12, 12))
-    if rng.random() < 0.3:
+    for placement in layout.placements:
+        _draw_shape(draw, placement)
+    if layout.blur:
         image = image.filter(ImageFilter.GaussianBlur(0.6))
     return image
 
 
-def _background(scene: Scene, rng: random.Random) -> Image.Image:
-    top = _jitter(BACKGROUNDS[scene.background][2], rng, 8)
-    bottom = _jitter(BACKGROUNDS[scene.background][2], rng, 8)
+def _background(scene: Scene, top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
     column = Image.new("RGB", (1, scene.height))
     for y in range(scene.height):
         t = y / max(1, scene.height - 1)
@@ -145,28 +202,52 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> tuple
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, center: tuple[float, float], r: float,
-                fill: tuple[int, int, int], rotation: float) -> None:
-    cx, cy = center
+def _draw_shape(draw: ImageDraw.ImageDraw, placement: Placement) -> None:
+    points = placement.points
+    if points is None:
+        r, cx, cy = placement.radius, placement.cx, placement.cy
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=placement.fill)
+    else:
+        draw.polygon(points, fill=placement.fill)
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float, rotation: float) -> list[tuple[float, float]] | None:
+    """The vertices of a shape (None for the circle, drawn as an ellipse)."""
     if kind == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif kind == "square":
-        draw.regular_polygon((cx, cy, r * 1.2), 4, rotation=rotation, fill=fill)
-    elif kind == "triangle":
-        draw.regular_polygon((cx, cy, r * 1.15), 3, rotation=rotation, fill=fill)
-    elif kind == "diamond":
-        draw.polygon([(cx, cy - r * 1.1), (cx + r * 0.7, cy), (cx, cy + r * 1.1), (cx - r * 0.7, cy)], fill=fill)
-    elif kind == "hexagon":
-        draw.regular_polygon((cx, cy, r), 6, rotation=rotation, fill=fill)
-    elif kind == "star":
+        return None
+    if kind == "square":
+        return _regular_polygon(cx, cy, r * 1.2, 4, rotation)
+    if kind == "triangle":
+        return _regular_polygon(cx, cy, r * 1.15, 3, rotation)
+    if kind == "diamond":
+        return [(cx, cy - r * 1.1), (cx + r * 0.7, cy), (cx, cy + r * 1.1), (cx - r * 0.7, cy)]
+    if kind == "hexagon":
+        return _regular_polygon(cx, cy, r, 6, rotation)
+    if kind == "star":
         points = []
         for i in range(10):
             radius = r * 1.1 if i % 2 == 0 else r * 0.45
             angle = math.radians(rotation - 90 + 36 * i)
             points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
-        draw.polygon(points, fill=fill)
-    else:
-        raise ValueError(f"unknown shape kind {kind!r}")
+        return points
+    raise ValueError(f"unknown shape kind {kind!r}")
+
+
+def _regular_polygon(cx: float, cy: float, r: float, n_sides: int, rotation: float) -> list[tuple[float, float]]:
+    """The vertices `ImageDraw.regular_polygon((cx, cy, r), n_sides, rotation)` draws, computed
+    the way Pillow computes them (same operations, same rounding), so drawing them with
+    `polygon` gives the same pixels and their extent is the drawn extent."""
+    step = 360 / n_sides
+    angle = (270 - 0.5 * step) + rotation
+    points = []
+    for _ in range(n_sides):
+        phi = math.radians(360 - angle)
+        points.append((round(r * math.cos(phi) - 0 * math.sin(phi) + cx, 2),
+                       round(0 * math.cos(phi) + r * math.sin(phi) + cy, 2)))
+        angle += step
+        if angle > 360:
+            angle -= 360
+    return points
 
 
 def image_name(image_id: int) -> str:
