@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.env import check_env_name
+from generators.config import GenerateConfig
 from training.config import EvalConfig, ModelConfig, StageConfig
 from translators.config import TranslatorConfig
 
@@ -170,6 +171,8 @@ class Recipe(_Section):
     demo: DemoConfig | None = None
     sources: list[SourceConfig] = Field(default_factory=list)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    generate: GenerateConfig | None = None
+    """None: the generate step passes the records through and generates nothing."""
     translator: TranslatorConfig = Field(default_factory=TranslatorConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
@@ -199,6 +202,21 @@ class Recipe(_Section):
         if bad:
             raise ValueError(f"stage names become folder names (train/<name>): use letters, digits, _ and -; got {bad}")
         return stages
+
+    @model_validator(mode="after")
+    def _generate_names_sources(self):
+        if self.generate is None:
+            return self
+        names = {s.name for s in self.sources}
+        if self.generate.source_name in names:
+            raise ValueError(f"generate.source_name: {self.generate.source_name!r} is already a source's name; "
+                             "generated records need their own")
+        named = [("generate.context_sources", n) for n in self.generate.context_sources or []]
+        named += [(f"generate.boxes[{i}].sources", n) for i, b in enumerate(self.generate.boxes) for n in b.sources or []]
+        for key, n in named:
+            if n not in names:
+                raise ValueError(f"{key}: {n!r} is not a source of this recipe (sources: {sorted(names)})")
+        return self
 
     @model_validator(mode="after")
     def _stage_order(self):
@@ -363,6 +381,11 @@ def _file_fields(recipe: Recipe) -> list[tuple[str, str]]:
                 fields.append((f"sources[{i}].{attr}", getattr(s, attr)))
     for i, f in enumerate(recipe.translator.memory_import):
         fields.append((f"translator.memory_import[{i}]", f))
+    if recipe.generate is not None:
+        fields += [(f"generate.cache_import[{i}]", f) for i, f in enumerate(recipe.generate.cache_import)]
+        fields += [(f"generate.boxes[{i}].path", b.path) for i, b in enumerate(recipe.generate.boxes)]
+        if recipe.generate.prompts_dir:
+            fields.append(("generate.prompts_dir", recipe.generate.prompts_dir))
     for part in ("vision", "llm"):
         cfg = getattr(recipe.model, part)
         if cfg.path:

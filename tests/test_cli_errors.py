@@ -60,9 +60,9 @@ def one_clear_line(result: subprocess.CompletedProcess, code: int, *needles: str
 
 @pytest.fixture()
 def downloaded(tmp_path) -> Path:
-    """A run folder whose download stage left three English caption records."""
+    """A run folder whose generate step passed three English caption records through (translate's input)."""
     run = tmp_path / "run"
-    write_records(run / "download", "coco", [record("coco", i, "caption", ("assistant", f"A red car {i}."))
+    write_records(run / "generate", "coco", [record("coco", i, "caption", ("assistant", f"A red car {i}."))
                                              for i in range(3)])
     return run
 
@@ -299,9 +299,10 @@ def test_translate_without_records_is_one_line_exit_1(prefect_server, tmp_path, 
     assert main(["translate", "--run-dir", str(tmp_path), "--set", "translator.memory_import=[]"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    records = tmp_path / "download" / "records"
+    records = tmp_path / "generate" / "records"
     assert err.strip().splitlines()[-1] == (f"vcla translate: translate: {records}: no *.jsonl record files; "
-                                            "run `vcla download` first")
+                                            "run `vcla download` and `vcla generate` first (generate passes the "
+                                            "records through when the recipe has no `generate:` section)")
     assert len([r for r in run_records(caplog) if "no *.jsonl record files" in r.getMessage()]) == 1
 
 

@@ -208,7 +208,7 @@ def test_vcla_translate_exits_1_for_an_unreachable_endpoint_and_later_runs_retry
 
     monkeypatch.setenv(KEY_ENV, API_KEY)
     run_dir = tmp_path / "run"
-    write_records(run_dir / "download", "coco", captions(12))  # 3 requests of 4
+    write_records(run_dir / "generate", "coco", captions(12))  # 3 requests of 4
     out_dir = run_dir / "translate"
     with ChatServer(api_key=API_KEY) as srv:
         sets = ["translator.backend=openai", f"translator.base_url={srv.base_url}", f"translator.api_key_env={KEY_ENV}",

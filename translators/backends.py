@@ -7,9 +7,12 @@ from translators.config import TranslatorConfig
 from translators.memory import TranslationMemory
 
 
-def build_translator(config: TranslatorConfig, memory: TranslationMemory) -> MemoryFirstTranslator:
+def build_translator(
+    config: TranslatorConfig, memory: TranslationMemory, *, estimate_only: bool = False
+) -> MemoryFirstTranslator:
     """A `Translator` for the config. Raises `TranslatorError` when it cannot run (e.g. the
-    key's environment variable is unset). Call inside the event loop that will use it."""
+    key's environment variable is unset). Call inside the event loop that will use it.
+    `estimate_only`: for `estimate` alone, never `translate` (no client, no key needed)."""
     if config.backend == "memory":
         from translators.memory_backend import MemoryTranslator
 
@@ -17,5 +20,5 @@ def build_translator(config: TranslatorConfig, memory: TranslationMemory) -> Mem
     if config.backend == "openai":
         from translators.openai_backend import OpenAITranslator
 
-        return OpenAITranslator(config, memory)
+        return OpenAITranslator(config, memory, estimate_only=estimate_only)
     raise ValueError(f"translator.backend: unknown backend {config.backend!r} (known: memory, openai)")

@@ -8,6 +8,9 @@ For a batch of units, each segment is resolved in this order:
    for this use: the stored translation;
 4. otherwise it is *missing* and goes to the backend (`_translate_missing`), grouped by the
    unit it first appeared in, so the turns of a new conversation travel together.
+
+`estimate` resolves a batch the same way and, instead of sending, adds to an `llm.estimate.Estimate`
+what the backend would send for the missing segments (`_estimate_missing`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llm.estimate import Estimate
 from translators.config import TranslatorConfig
 from translators.memory import MemoryEntry, TranslationMemory, normalise
 from translators.placeholders import Masked, peel_edges, protect
@@ -44,10 +48,13 @@ class MemoryFirstTranslator:
         self.stats = TranslatorReport(prices=config.price.prices())
         self._qa_cache: dict[tuple[str, str, str], Verdict] = {}
         self._inflight: dict[str, asyncio.Future[SegmentResult]] = {}
+        self._planned: set[str] = set()
+        """Keys an earlier `estimate` call counted as sent: a run would have them in the memory by now."""
+        self._unsent = 0
+        """Missing segments that `estimate` found and this backend would not send (memory backend)."""
 
     async def translate(self, units: Sequence[Unit]) -> list[list[SegmentResult]]:
-        self._qa_cache.clear()
-        results: list[list[SegmentResult | None]] = [[None] * len(u) for u in units]
+        results = self._new_results(units)
         places, masked = self._index(units, results)
         borrowed = {key: self._inflight[key] for key in places if key in self._inflight}
         self.stats.count("duplicates", len(borrowed))
@@ -61,6 +68,26 @@ class MemoryFirstTranslator:
             shared = _share(await _borrowed(future), units[ui][si], self._check)
             self._fill(units, places[key], shared, results, count_failure=False)
         return results  # type: ignore[return-value]
+
+    def estimate(self, units: Sequence[Unit], estimate: Estimate) -> None:
+        """Add to `estimate` what `translate(units)` would send, sending nothing: the same passthrough,
+        dedup and memory lookup (a memory hit failing QA is a miss), then `_estimate_missing`.
+        `estimate.items` counts units, `estimate.cache_hits` unique segments the memory serves (or
+        an earlier `estimate` call counted as sent: a run would have stored them by then)."""
+        results = self._new_results(units)
+        places, masked = self._index(units, results)
+        own = {key: where for key, where in places.items() if key not in self._planned}
+        missing = self._serve_from_memory(units, own, results)
+        estimate.items += len(units)
+        estimate.cache_hits += len(places) - len(missing)
+        groups = self._group_by_unit(units, places, masked, missing)
+        if groups and self._estimate_missing(groups, estimate):
+            self._planned.update(missing)
+
+    def _new_results(self, units: Sequence[Unit]) -> list[list[Any]]:
+        """A fresh batch: one empty result per segment; QA verdicts are remembered per batch."""
+        self._qa_cache.clear()
+        return [[None] * len(u) for u in units]
 
     def _index(
         self, units: Sequence[Unit], results: list[list[Any]]
@@ -165,6 +192,18 @@ class MemoryFirstTranslator:
     async def _translate_missing(self, groups: list[list[Missing]]) -> dict[str, SegmentResult]:
         """Translate every missing segment; one result per key. Backends override this."""
         raise NotImplementedError
+
+    def _estimate_missing(self, groups: list[list[Missing]], estimate: Estimate) -> bool:
+        """Add the requests that would translate `groups` to `estimate`; True when they would be sent
+        (and so be in the memory for later batches). Backends that send override this; by default
+        (the memory backend) nothing is sent and the misses would be rejected: one note, kept up
+        to date, says how many."""
+        self._unsent += sum(len(g) for g in groups)
+        prefix = f"backend {self.config.backend}:"
+        estimate.notes[:] = [n for n in estimate.notes if not n.startswith(prefix)]
+        estimate.notes.append(f"{prefix} {self._unsent:,} segments missing from the memory would be rejected, "
+                              "nothing is sent")
+        return False
 
     def report(self) -> dict[str, Any]:
         return self.stats.to_dict()

@@ -6,6 +6,9 @@ The memory is consulted first (base.py); what is missing is packed into requests
 segments (batching.py). Segments failing QA get one more try with a stricter prompt; a request
 over the endpoint's context length is split in halves. Results go into the memory as each batch
 finishes, so a killed run loses only what was in flight.
+
+`estimate_only=True` builds a translator that never sends (`vcla translate --estimate`): no client,
+no API key needed; `estimate` packs and builds the same requests and counts their tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from llm.client import ChatClient
 from llm.errors import EndpointError
-from llm.estimate import request_tokens
+from llm.estimate import Estimate, prompt_tokens, request_tokens, text_tokens
 from translators.base import MemoryFirstTranslator, Missing
 from translators.batching import Reply, ReplyError, SegmentOutcome, decode_reply, encode_units, pack, send_with_split
 from translators.config import TranslatorConfig
@@ -41,12 +44,16 @@ class OpenAITranslator(MemoryFirstTranslator):
         *,
         client: Any | None = None,
         rng: random.Random | None = None,
+        estimate_only: bool = False,
     ) -> None:
         super().__init__(config, memory)
         if config.prompt_version not in PROMPTS:
             raise TranslatorError(
                 f"translator.prompt_version: {config.prompt_version!r} is not a known prompt (known: {sorted(PROMPTS)})"
             )
+        self.client: ChatClient | None = None
+        if estimate_only:
+            return
         try:
             self.client = ChatClient(config, self.stats, client=client, rng=rng,
                                      kept="every translation received is kept in the translation memory")
@@ -54,20 +61,36 @@ class OpenAITranslator(MemoryFirstTranslator):
             raise TranslatorError(str(e)) from None
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self.client is not None:
+            await self.client.aclose()
 
     async def _translate_missing(self, groups: list[list[Missing]]) -> dict[str, SegmentResult]:
-        sizes = [(len(g), sum(len(m.masked.text) for m in g)) for g in groups]
-        batches = pack(sizes, self.config.batch_segments, self.config.max_batch_chars)
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._run_batch([groups[i] for i in b])) for b in batches]
+                tasks = [tg.create_task(self._run_batch(batch)) for batch in self._batches(groups)]
         except BaseExceptionGroup as group:
             raise _first_cause(group) from None
         return {key: result for t in tasks for key, result in t.result().items()}
 
+    def _estimate_missing(self, groups: list[list[Missing]], estimate: Estimate) -> bool:
+        """One request per batch, as `_translate_missing` packs them (first tries only: strict retries
+        and splits depend on the replies). Its reply is counted as long as its source texts: a
+        translation is about as long as its source (CJK output is about one token a character, English
+        input about four bytes a token: the two come out close)."""
+        for batch in self._batches(groups):
+            units = _texts(batch)
+            messages = self._messages(units, strict=False)
+            output = text_tokens("".join(t for u in units for t in u))
+            estimate.add(prompt_tokens(messages), output, prefix=prompt_tokens(messages[:1]))
+        return True
+
+    def _batches(self, groups: list[list[Missing]]) -> list[list[list[Missing]]]:
+        """The groups packed into requests (batching.pack: segments and characters per request)."""
+        sizes = [(len(g), sum(len(m.masked.text) for m in g)) for g in groups]
+        return [[groups[i] for i in b] for b in pack(sizes, self.config.batch_segments, self.config.max_batch_chars)]
+
     async def _run_batch(self, groups: list[list[Missing]]) -> dict[str, SegmentResult]:
-        outcomes = await send_with_split(self._send, [[m.masked.text for m in g] for g in groups])
+        outcomes = await send_with_split(self._send, _texts(groups))
         results: dict[str, SegmentResult] = {}
         retry: list[Missing] = []
         for group, outs in zip(groups, outcomes):
@@ -100,11 +123,17 @@ class OpenAITranslator(MemoryFirstTranslator):
         verdict = self._check(m.segment.text, text, m.segment.kind)
         return SegmentResult(m.segment.text, text, verdict, "model", outcome.usage, outcome.requests)
 
-    async def _send(self, units: Sequence[Sequence[str]], strict: bool) -> Reply:
+    def _messages(self, units: Sequence[Sequence[str]], strict: bool) -> list[dict[str, str]]:
+        """The request for `units`: the system prompt (with the glossary terms they use) and the units
+        in the wire format (batching.encode_units)."""
         texts = [t for u in units for t in u]
         glossary = glossary_terms_in(texts, self.config.glossary)
         system = system_prompt(self.prompt_version, self.config.source_lang, self.config.target_lang, glossary, strict)
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": encode_units(units)}]
+        return [{"role": "system", "content": system}, {"role": "user", "content": encode_units(units)}]
+
+    async def _send(self, units: Sequence[Sequence[str]], strict: bool) -> Reply:
+        assert self.client is not None, "an estimate_only translator never sends"
+        messages = self._messages(units, strict)
         try:
             completion = await self.client.complete(messages, estimate=request_tokens(messages))
         except EndpointError as e:
@@ -114,8 +143,13 @@ class OpenAITranslator(MemoryFirstTranslator):
                                       completion.reasoning), completion.usage)
         except ReplyError as e:
             self.stats.count("reply_errors")
-            log.info("reply for %d segments not usable (%s); splitting", len(texts), e.reason)
+            log.info("reply for %d segments not usable (%s); splitting", sum(map(len, units)), e.reason)
             raise
+
+
+def _texts(groups: list[list[Missing]]) -> list[list[str]]:
+    """What is sent for each group: its segments' masked texts."""
+    return [[m.masked.text for m in g] for g in groups]
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

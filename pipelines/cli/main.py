@@ -27,11 +27,11 @@ from pipelines.core.errors import StepFailed, UsageError
 from pipelines.orchestration import server
 from pipelines.orchestration.registry import STEPS
 from pipelines.recipe import DEFAULT_RECIPE, Recipe, RecipeError, load_recipe
-from translators.protocol import TranslatorError
+from llm.errors import EndpointError
 
 USAGE_ERRORS = (RecipeError, UsageError)
 """Bad recipe or command line: exit 2."""
-STEP_ERRORS = (StepFailed, TranslatorError, server.ServerStartError)
+STEP_ERRORS = (StepFailed, EndpointError, server.ServerStartError)
 """A step could not finish (its message says where and why): exit 1."""
 FLOW_RUNS, TASK_RUNS = "prefect.flow_runs", "prefect.task_runs"
 PREFECT_RUN_LOGGERS = (FLOW_RUNS, TASK_RUNS)
@@ -82,8 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add(sub, "download", "Read the recipe's sources and fetch every image once with img2dataset.",
          "Writes runs/<name>/download/: records joined to local images, rejected/, stats.json.")
-    _add(sub, "translate", "Translate English records into Chinese through an OpenAI-compatible endpoint.",
-         "Uses the translation memory first; only misses are sent. Writes runs/<name>/translate/.")
+    p = _add(sub, "generate", "Generate Chinese conversation / detail / reasoning records from each image's "
+             "captions, boxes, QA (and the image) through an OpenAI-compatible model.",
+             "Uses the response cache first; only misses are sent. Writes runs/<name>/generate/: the download\n"
+             "records passed through plus the generated ones, rejected/. Without a `generate:` section in the\n"
+             "recipe it only passes the records through.")
+    p.add_argument("--estimate", action="store_true", help="send nothing; print requests, tokens, cache hits, "
+                   "cost at the recipe's prices and time at its rate limits")
+    p = _add(sub, "translate", "Translate English records into Chinese through an OpenAI-compatible endpoint.",
+             "Uses the translation memory first; only misses are sent. Writes runs/<name>/translate/.")
+    p.add_argument("--estimate", action="store_true", help="send nothing; print requests, tokens, memory hits, "
+                   "cost at the recipe's prices and time at its rate limits")
     _add(sub, "render", "Render records into Alpaca-style templates and write Parquet shards.",
          "Writes runs/<name>/render/: data/*.parquet, manifest.json, a Hub dataset card, rejected/.")
     p = _add(sub, "publish", "Upload the shard folder to a Hugging Face Hub dataset repo.",
@@ -93,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
              "Checkpoints go to runs/<name>/train/<stage>/ in the VisualCLA release layout (safetensors).")
     p.add_argument("--stage", default=None, help="train only this stage (default: all, in order)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the stage even if the recipe changed since (without it, a rerun resumes only from checkpoints of the same model, stage config, seed and shards)")
-    _add(sub, "build-and-train", "Run every step in order: demo data, download, translate, render, train, eval.",
+    _add(sub, "build-and-train", "Run every step in order: demo data, download, generate, translate, render, train, "
+         "eval.",
          "With no arguments, runs the bundled demo recipe fully offline and prints a summary table.")
     p = _add(sub, "chat", "Chat with a checkpoint about an image (multi-turn).",
              "Uses the VisualCLA generation defaults (top_p 0.9, top_k 40, temperature 0.5, ...).")
@@ -133,7 +143,7 @@ def _demo_data(args: argparse.Namespace) -> int:
     except ValidationError as e:
         raise RecipeError(f"demo-data: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
     out = args.dir or Path(base.output_dir)
-    manifest = generate_demo(out, settings)
+    manifest = generate_demo(out, settings, recipe.generate)
     counts = ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
     print(f"demo corpus in {out}: {counts}")
     return 0

@@ -28,7 +28,7 @@ from pipelines.core.errors import StepFailed, UsageError
 from pipelines.recipe import Recipe, RecipeError
 from pipelines.steps.evaluate import check_checkpoint_chain, checkpoint_to_use
 from pipelines.steps.train import check_stage_option
-from translators.config import unset_api_key_message
+from llm.config import unset_api_key_message
 
 Check = Callable[[Recipe, argparse.Namespace], None]
 
@@ -60,13 +60,34 @@ def distributor(recipe: Recipe, options: argparse.Namespace) -> None:
 
 
 def translator(recipe: Recipe, options: argparse.Namespace) -> None:
-    """The memory files to import, and the API key when the translate step will run against an endpoint."""
+    """The memory files to import, and the API key when the translate step will run against an endpoint
+    (not for `--estimate`: it sends nothing)."""
     cfg = recipe.translator
-    if _translate_finished(recipe):
+    if _finished(recipe, "translate"):
         return
     if not any(_made_by_run(recipe, options, f) for f in cfg.memory_import):
         recipe.require_files("translator.memory_import")
-    api_key(recipe, options)
+    if not getattr(options, "estimate", False):
+        api_key(recipe, options)
+
+
+def generator(recipe: Recipe, options: argparse.Namespace) -> None:
+    """The generate section's files (boxes, cache imports, a prompt folder) and, when it will send
+    requests, the API key."""
+    cfg = recipe.generate
+    if cfg is None or _finished(recipe, "generate"):
+        return
+    files = [b.path for b in cfg.boxes] + list(cfg.cache_import)
+    if not any(_made_by_run(recipe, options, f) for f in files):
+        recipe.require_files("generate.")
+    if not getattr(options, "estimate", False):
+        generate_key(recipe, options)
+
+
+def generate_key(recipe: Recipe, options: argparse.Namespace) -> None:
+    cfg = recipe.generate
+    if cfg is not None and cfg.backend == "openai" and not os.environ.get(cfg.api_key_env):
+        raise RecipeError(f"{recipe.file}: {unset_api_key_message(cfg.api_key_env, 'generate')}")
 
 
 def api_key(recipe: Recipe, options: argparse.Namespace) -> None:
@@ -75,9 +96,9 @@ def api_key(recipe: Recipe, options: argparse.Namespace) -> None:
         raise RecipeError(f"{recipe.file}: {unset_api_key_message(cfg.api_key_env)}")
 
 
-def _translate_finished(recipe: Recipe) -> bool:
-    """Complete with nothing left to retry: the step will not build a translator (no key needed)."""
-    out = recipe.run_dir / "translate"
+def _finished(recipe: Recipe, step: str) -> bool:
+    """Complete with nothing left to retry: the step will not build a client (no key needed)."""
+    out = recipe.run_dir / step
     return is_done(out) and not read_json(out / DONE_FILE).get("retry_pending", 0)
 
 
@@ -161,19 +182,21 @@ def served_flows(recipe: Recipe, options: argparse.Namespace) -> None:
 
     check_schedules(recipe)
     flows = _scheduled(recipe, options)
-    for flow, check in (("download", distributor), ("translate", api_key), ("publish", publish)):
+    for flow, check in (("download", distributor), ("generate", generate_key), ("translate", api_key),
+                        ("publish", publish)):
         if flow in flows or "build-and-train" in flows:
             check(recipe, options)
 
 
 CHECKS: dict[str, tuple[Check, ...]] = {
     "download": (distributor, sources),
+    "generate": (generator,),
     "translate": (translator,),
     "publish": (publish,),
     "train": (stage_option, model),
     "eval": (eval_split, checkpoint),
     "chat": (chat_image, checkpoint),
     "export": (export_out, checkpoint),
-    "build-and-train": (distributor, sources, translator, model, eval_split, publish),
+    "build-and-train": (distributor, sources, generator, translator, model, eval_split, publish),
     "serve": (served_flows,),
 }

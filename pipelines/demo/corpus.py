@@ -17,8 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.files import atomic_folder, sha256_file
+from generators.config import GenerateConfig
+from generators.generator import sampling_of
+from generators.prompt_set import load_prompts
 from pipelines.demo import alpaca, texts
-from pipelines.demo.scenes import SHAPES, Scene, draw_scene, image_name, placements, sample_scene
+from pipelines.demo.generated import write_responses
+from pipelines.demo.scenes import SHAPES, Scene, coco_bbox, draw_scene, image_name, placements, sample_scene
 from pipelines.demo.texts import Pair, VQAItem
 from pipelines.recipe import DemoConfig
 
@@ -46,21 +50,24 @@ class Memory:
                 for en, zh in sorted(self.pairs.items())]
 
 
-def generate_demo(out_dir: str | Path, settings: DemoConfig | None = None) -> dict[str, Any]:
-    """Write the corpus to `out_dir` (or keep it if already complete); return its manifest."""
+def generate_demo(out_dir: str | Path, settings: DemoConfig | None = None,
+                  generate: GenerateConfig | None = None) -> dict[str, Any]:
+    """Write the corpus to `out_dir` (or keep it if already complete); return its manifest. With
+    `generate` (the recipe's section), also the replies its generate step will ask for."""
     settings = settings or DemoConfig()
     out_dir = Path(out_dir).absolute()
-    existing = _valid_manifest(out_dir, settings)
+    existing = _valid_manifest(out_dir, settings, generate)
     if existing is not None:
         return existing
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists():
         raise FileExistsError(f"{out_dir} exists and is not a demo corpus; choose an empty folder or remove it")
     with atomic_folder(out_dir) as staging:  # modes as the umask says (safetensors writes 0600), fsynced
-        manifest = _write_corpus(staging, out_dir, settings)
+        manifest = _write_corpus(staging, out_dir, settings, generate)
     return manifest
 
 
-def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[str, Any]:
+def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig,
+                  generate: GenerateConfig | None) -> dict[str, Any]:
     train, heldout = split_scenes(settings)
     scenes = train + heldout
     memory = Memory()
@@ -70,7 +77,7 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[
         "images": len(scenes),
         "train_images": len(train),
         "heldout_images": len(heldout),
-        "captions": _write_captions(staging, final_dir, train, rng, memory),
+        "captions": len(captions := _write_captions(staging, final_dir, train, rng, memory)),
         "vqa_questions": _write_vqa(staging / "vqa", train, rng, memory, lambda s, r: texts.vqa_items(s, r)),
         "llava_items": _write_llava(staging, train, rng, memory, LLAVA_FRACTION),
         "text_items": _write_alpaca(staging, rng, max(MIN_TEXT_ITEMS, len(train) // 8)),
@@ -79,6 +86,9 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[
         "instances": _write_instances(staging / "instances", train),
     }
     _write_eval_jsonl(staging / "heldout", heldout)
+    if generate is not None:
+        counts["generated_replies"] = write_responses(staging / "generate" / "responses.jsonl", train,
+                                                      captions, generate, settings.seed)
     if settings.vision_encoder is not None:
         from pipelines.demo.vision import pretrain_vision_encoder  # torch: imported only when it is needed
 
@@ -88,7 +98,7 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig) -> dict[
     counts["memory_segments"] = len(memory.pairs)
     files = {str(p.relative_to(staging)): sha256_file(p)
              for p in sorted(staging.rglob("*")) if p.is_file()}
-    manifest = {"generator_version": GENERATOR_VERSION, "settings": _settings(settings),
+    manifest = {"generator_version": GENERATOR_VERSION, "settings": _settings(settings, generate),
                 "counts": counts, "files": files}
     _write_json(staging / MANIFEST, manifest, indent=2)
     return manifest
@@ -102,17 +112,23 @@ def split_scenes(settings: DemoConfig) -> tuple[list[Scene], list[Scene]]:
     return scenes[:-num_heldout], scenes[-num_heldout:]
 
 
-def _settings(cfg: DemoConfig) -> dict[str, Any]:
-    """What determines the corpus bytes (the output folder does not, bar the URL list)."""
-    return cfg.model_dump(exclude={"output_dir"})
+def _settings(cfg: DemoConfig, generate: GenerateConfig | None) -> dict[str, Any]:
+    """What determines the corpus bytes (the output folder does not, bar the URL list); with a
+    `generate` section, what keys the replies (model, prompt id, sampling settings)."""
+    out = cfg.model_dump(exclude={"output_dir"})
+    if generate is not None:
+        out["generate"] = {"model": generate.model, "prompt_id": load_prompts(generate).prompt_id,
+                           "sampling": sampling_of(generate, None, 0)}
+    return out
 
 
-def _valid_manifest(out_dir: Path, settings: DemoConfig) -> dict[str, Any] | None:
+def _valid_manifest(out_dir: Path, settings: DemoConfig, generate: GenerateConfig | None) -> dict[str, Any] | None:
     path = out_dir / MANIFEST
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("generator_version") != GENERATOR_VERSION or manifest.get("settings") != _settings(settings):
+    expected = _settings(settings, generate)
+    if manifest.get("generator_version") != GENERATOR_VERSION or manifest.get("settings") != expected:
         return None
     for rel, digest in manifest["files"].items():
         f = out_dir / rel
@@ -130,8 +146,9 @@ def _write_images(folder: Path, scenes: list[Scene]) -> None:
 
 
 def _write_captions(staging: Path, final_dir: Path, scenes: list[Scene], rng: random.Random,
-                    memory: Memory) -> int:
-    """img2dataset URL list; URLs point at the final folder, where the images will be."""
+                    memory: Memory) -> list[str]:
+    """img2dataset URL list; URLs point at the final folder, where the images will be. Returns the
+    captions, in scene order."""
     captions = [memory.add(texts.caption(s, rng)) for s in scenes]
     table = pa.table({
         "url": [(final_dir / "images" / image_name(s.image_id)).as_uri() for s in scenes],
@@ -140,7 +157,7 @@ def _write_captions(staging: Path, final_dir: Path, scenes: list[Scene], rng: ra
     })
     (staging / "captions").mkdir()
     pq.write_table(table, staging / "captions" / "urls.parquet", compression="zstd")
-    return len(scenes)
+    return captions
 
 
 def _write_vqa(folder: Path, scenes: list[Scene], rng: random.Random, memory: Memory, make_items) -> int:
@@ -207,7 +224,7 @@ def _write_instances(folder: Path, scenes: list[Scene]) -> int:
         images.append({"id": scene.image_id, "file_name": image_name(scene.image_id),
                        "width": scene.width, "height": scene.height})
         for placement in placements(scene):
-            x, y, w, h = _coco_bbox(placement.bbox, scene.width, scene.height)
+            x, y, w, h = coco_bbox(placement, scene)
             annotations.append({"id": len(annotations) + 1, "image_id": scene.image_id,
                                 "category_id": placement.shape.kind + 1, "bbox": [x, y, w, h],
                                 "area": round(w * h, 2), "iscrowd": 0})
@@ -218,15 +235,6 @@ def _write_instances(folder: Path, scenes: list[Scene]) -> int:
     folder.mkdir()
     _write_json(folder / "instances_train.json", data)
     return len(annotations)
-
-
-def _coco_bbox(bbox: tuple[float, float, float, float], width: int, height: int) -> list[float]:
-    """[x, y, w, h] clipped to the image (a shape may overhang a border cell), 2 decimals; the
-    area written beside it is the box's (the corpus has no segmentation masks)."""
-    left, top, w, h = bbox
-    x1, y1 = round(max(0.0, left), 2), round(max(0.0, top), 2)
-    x2, y2 = round(min(float(width), left + w), 2), round(min(float(height), top + h), 2)
-    return [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
 
 
 def _write_eval_jsonl(folder: Path, scenes: list[Scene]) -> None:

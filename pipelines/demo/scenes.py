@@ -250,5 +250,14 @@ def _regular_polygon(cx: float, cy: float, r: float, n_sides: int, rotation: flo
     return points
 
 
+def coco_bbox(placement: Placement, scene: Scene) -> list[float]:
+    """A drawn shape's COCO box [x, y, w, h] in pixels, clipped to the image (a shape may overhang a
+    border cell), 2 decimals: what the corpus's instances file says and the demo's contexts read."""
+    left, top, w, h = placement.bbox
+    x1, y1 = round(max(0.0, left), 2), round(max(0.0, top), 2)
+    x2, y2 = round(min(float(scene.width), left + w), 2), round(min(float(scene.height), top + h), 2)
+    return [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+
+
 def image_name(image_id: int) -> str:
     return f"{image_id:06d}.jpg"

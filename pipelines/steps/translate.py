@@ -22,6 +22,11 @@ the steps downstream are not redone.
 A translator that cannot run at all (a rejected key, an unknown model, an endpoint that is
 unreachable or stops answering: translators/openai_backend.py) fails the step (`StepFailed`,
 `vcla` exits 1) without `_SUCCESS`; what was translated stays in the memory for the next run.
+
+`--estimate` (`estimate=True`) sends nothing and writes nothing under `out_dir`: the memory imports are
+applied, the records read window by window as a run reads them, and for each window the translator
+counts what it would send (translators/base.py `estimate`); it prints requests, tokens, memory hits,
+cost at the recipe's prices and time at its rate limits (llm/estimate.py).
 """
 
 from __future__ import annotations
@@ -40,11 +45,12 @@ from common.retry import retryable_status, status_in
 from common.files import atomic_open, clean_stale_temp_files, read_json, write_json
 from common.layout import DONE_FILE
 from common.progress import bar, count_lines
+from llm.estimate import Estimate
 from pipelines.core.completion import is_done, mark_done, step_storage_errors
 from pipelines.core.errors import StepFailed
 from pipelines.core.rejects import RejectWriter
 from pipelines.core.stats import StepStats
-from pipelines.core.step import NoOptions, Step
+from pipelines.core.step import Step
 from pipelines.recipe import Recipe
 from templates.schema import Record
 from translators.backends import build_translator
@@ -71,6 +77,16 @@ WINDOWS_IN_FLIGHT = 2
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
 
+@dataclass(frozen=True)
+class TranslateOptions:
+    estimate: bool = False
+    """Send nothing; print requests, tokens, memory hits, cost and time."""
+
+    @property
+    def partial(self) -> bool:
+        return self.estimate
+
+
 @dataclass(slots=True)
 class _Item:
     location: str
@@ -78,23 +94,24 @@ class _Item:
     """None once rejected on read; kept for the output order."""
 
 
-def run_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
-    """Translate a run's records (see the module docstring). Safe to call again at any time."""
-    return asyncio.run(arun_translate(recipe, in_dir, out_dir))
+def run_translate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool = False) -> StepStats:
+    """Translate a run's records (see the module docstring). Safe to call again at any time.
+    `estimate`: send and write nothing; print (and return in `extra`, as `estimate_<key>`) what it would cost."""
+    return asyncio.run(arun_translate(recipe, in_dir, out_dir, estimate))
 
 
-async def arun_translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
+async def arun_translate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool = False) -> StepStats:
     """`run_translate` for callers that already run an event loop. A full disk or a permission error
     (records, rejections or the translation memory) stops the step with a message naming the path;
     so does a translator that cannot run (`TranslatorError`: its message names the endpoint and the cause)."""
     with step_storage_errors(STEP_NAME, out_dir, MemoryWriteError, TranslatorError):
-        return await _translate(recipe, Path(in_dir), Path(out_dir))
+        return await _translate(recipe, Path(in_dir), Path(out_dir), estimate)
 
 
-async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
+async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool = False) -> StepStats:
     cfg = recipe.translator
     previous = read_json(out_dir / DONE_FILE) if is_done(out_dir) else None
-    if previous is not None and not previous.get("retry_pending", 0):
+    if previous is not None and not previous.get("retry_pending", 0) and not estimate:
         stats = StepStats.from_dict(read_json(out_dir / "stats.json"))
         print(stats.table())
         return stats
@@ -103,8 +120,12 @@ async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
     qa_reruns = previous.get("qa_reruns", 0) + 1 if had_qa else 0
     files = sorted((in_dir / "records").glob("*.jsonl"))
     if not files:
-        raise StepFailed(f"{STEP_NAME}: {in_dir / 'records'}: no *.jsonl record files; run `vcla download` first")
+        raise StepFailed(f"{STEP_NAME}: {in_dir / 'records'}: no *.jsonl record files; run `vcla download` and "
+                         "`vcla generate` first (generate passes the records through when the recipe has no "
+                         "`generate:` section)")
     recipe.require_files("translator.memory_import")
+    if estimate:
+        return await _estimate(recipe, files)
     clean_stale_temp_files(out_dir)
     (out_dir / DONE_FILE).unlink(missing_ok=True)
     stats = StepStats(STEP_NAME)
@@ -126,6 +147,41 @@ async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path) -> StepStats:
                         "backend": cfg.backend, "model": cfg.model, "output_digest": digest.hexdigest()})
     print(stats.table())
     return stats
+
+
+async def _estimate(recipe: Recipe, files: list[Path]) -> StepStats:
+    """What a run would send, window by window as `_translate_file` reads them; nothing is written
+    but the memory imports (a run would use them too)."""
+    cfg = recipe.translator
+    stats = StepStats(STEP_NAME)
+    est = Estimate()
+    rejects = _CountedRejects(stats)
+    with TranslationMemory(Path(cfg.memory_path)) as memory:
+        _import_memory_files(memory, cfg, stats)
+        translator = build_translator(cfg, memory, estimate_only=True)
+        try:
+            for path in files:
+                for window in _windows(_read_records(path, stats, rejects), cfg.window_records):
+                    _, units = _units(window, cfg, rejects)
+                    translator.estimate(units, est)
+        finally:
+            await translator.aclose()
+    print(est.table(cfg, f"[{STEP_NAME}] {stats.read:,} records"))
+    stats.extra.update({f"estimate_{k}": v for k, v in est.to_dict(cfg).items() if v is not None})
+    return stats
+
+
+class _CountedRejects:
+    """`RejectWriter` for an estimate: rejections are counted in the stats, nothing is written."""
+
+    def __init__(self, stats: StepStats) -> None:
+        self.stats = stats
+
+    def reject(self, *, source: str, reason: str, **_: Any) -> None:
+        self.stats.count_rejected(source, reason)
+
+
+Rejects = RejectWriter | _CountedRejects
 
 
 def _retry_pending(rejected: dict[str, int], qa_reruns: int) -> int:
@@ -208,7 +264,7 @@ def _write(window: list[_Item], out: IO, stats: StepStats, digest: Any) -> int:
     return len(window)
 
 
-def _read_records(path: Path, stats: StepStats, rejects: RejectWriter) -> Iterator[_Item]:
+def _read_records(path: Path, stats: StepStats, rejects: Rejects) -> Iterator[_Item]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -228,7 +284,20 @@ async def _translate_window(
     window: list[_Item], translator: MemoryFirstTranslator, stats: StepStats, rejects: RejectWriter
 ) -> list[_Item]:
     """Translate a window in place; a rejected record is written to `rejects` and set to None."""
-    cfg = translator.config
+    todo, units = _units(window, translator.config, rejects)
+    results = await translator.translate(units)
+    for it, res in zip(todo, results):
+        if not all(r.ok for r in res):
+            _reject(it, res, rejects)
+            it.record = None
+        else:
+            _apply(it.record, res, translator, stats)
+    return window
+
+
+def _units(window: list[_Item], cfg: TranslatorConfig, rejects: Rejects) -> tuple[list[_Item], list[list[Segment]]]:
+    """The window's records to translate and one unit of segments each (its messages). Records already
+    in the target language are left alone; one in another language than the source is rejected."""
     todo = [it for it in window if it.record.lang != cfg.target_lang]
     for it in todo:
         if it.record.lang != cfg.source_lang:
@@ -239,15 +308,7 @@ async def _translate_window(
             )
             it.record = None
     todo = [it for it in todo if it.record is not None]
-    units = [[Segment(m["content"], _kind(it.record, m)) for m in it.record.messages] for it in todo]
-    results = await translator.translate(units)
-    for it, res in zip(todo, results):
-        if not all(r.ok for r in res):
-            _reject(it, res, rejects)
-            it.record = None
-        else:
-            _apply(it.record, res, translator, stats)
-    return window
+    return todo, [[Segment(m["content"], _kind(it.record, m)) for m in it.record.messages] for it in todo]
 
 
 def _as_row(record: Record) -> dict:
@@ -291,9 +352,10 @@ def _reject(item: _Item, results: list[SegmentResult], rejects: RejectWriter) ->
     )
 
 
-def run(recipe: Recipe, options: NoOptions) -> dict:
-    return run_translate(recipe, recipe.run_dir / "download", recipe.run_dir / "translate").to_dict()
+def run(recipe: Recipe, options: TranslateOptions) -> dict:
+    return run_translate(recipe, recipe.run_dir / "generate", recipe.run_dir / "translate",
+                         estimate=options.estimate).to_dict()
 
 
 STEP = Step("translate", run, output=lambda r: r.run_dir / "translate", section=lambda r: r.translator,
-            upstream="download", module=__name__)
+            upstream="generate", module=__name__, options=TranslateOptions)
