@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from generators.checks import Bounds, check_record, unsupported_objects
@@ -184,7 +184,8 @@ class Generator:
             if self.cache.get(self.key(job, None)) is not None:
                 estimate.cache_hits += 1
                 continue
-            messages = self.request(job, None)
+            placeholder = "data:image/jpeg;base64," if self.config.context != "annotations" else None
+            messages = self.request(replace(job, image_url=job.image_url or placeholder), None)  # counted, not sent
             prefix = prompt_tokens(messages[:-1])
             output = sum(text_tokens(reply) for _, reply in self.prompts.kinds[job.kind].examples)
             output //= max(1, len(self.prompts.kinds[job.kind].examples))

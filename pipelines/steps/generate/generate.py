@@ -196,7 +196,7 @@ def _write(o: Outcome, cfg: GenerateConfig, out: IO, stats: StepStats, rejects: 
         lang=cfg.language,
         meta={"generated": {"kind": job.kind, "model": cfg.model, "prompt_version": o.prompt_id,
                             "context_hash": o.context_hash, "context": cfg.context, "usage": o.usage.to_dict(),
-                            "cached": o.cached > 0, "unsupported_objects": o.unsupported}},
+                            "unsupported_objects": o.unsupported}},
     )
     out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     stats.count_kept(source)
