@@ -242,3 +242,47 @@ def test_demo_recipe_generates_offline_from_the_corpus_cache(tmp_path):
     assert not {urls[r["image"]] for r in records} & heldout
     kinds = {r["meta"]["generated"]["kind"] for r in records}
     assert kinds == {"conversation", "detail", "reasoning"}
+
+
+def test_context_gathers_captions_boxes_vqa_answers_and_ocr_per_image(tmp_path):
+    from pipelines.steps.generate.contexts import collect_contexts
+
+    run = tmp_path / "run"
+    write_download(run, 2)
+    image = str(run / "download" / "images" / "000001.jpg")
+    vqa = Record(id="q1", source="shapes-vqa", task="vqa", image=image,
+                 messages=[{"role": "user", "content": "<image>\nWhat does the sign say?"},
+                           {"role": "assistant", "content": "stop"}],
+                 meta={"image_id": 1, "kind": "ocr", "ocr_tokens": ["STOP", "Main St"]})
+    (run / "download" / "records" / "shapes-vqa.jsonl").write_text(json.dumps(vqa.to_dict()) + "\n")
+    recipe = recipe_for(run, "http://127.0.0.1:9/v1", "generate.context_sources=null")  # every source
+    contexts, _ = collect_contexts(recipe, run / "download" / "records", None)
+    ctx = contexts[image]
+    assert ctx.captions == ["A dog on a street 1."]
+    assert [(b.name, b.box) for b in ctx.boxes] == [("dog", (0.062, 0.083, 0.375, 0.708))]  # [4, 4, 20, 30] of 64x48
+    assert ctx.qa == [("What does the sign say?", "stop")] and ctx.ocr == ["STOP", "Main St"]
+    text = ctx.text()
+    assert "dog: [0.062, 0.083, 0.375, 0.708]" in text and "Q: What does the sign say?" in text and "STOP" in text
+
+
+def test_english_generation_goes_through_the_translate_step(server, tmp_path):
+    """`generate.language: en`: English records, which translate turns into Chinese like any source."""
+    from support.chat_server import ChatServer
+
+    from pipelines.steps.translate import run_translate
+
+    run = tmp_path / "run"
+    write_download(run, 2)
+    generate(run, server.base_url, "generate.language=en", "generate.kinds={detail: {}}")
+    records, rejected = outputs(run)
+    assert len(records) == 2 and not rejected and {r["lang"] for r in records} == {"en"}
+    question = records[0]["messages"][0]["content"]
+    assert question.startswith("<image>\n") and "describe" in question.lower()  # the English instructions
+    with ChatServer(api_key=API_KEY) as chat:
+        recipe = recipe_for(run, server.base_url, "generate.language=en", "generate.kinds={detail: {}}",
+                            "translator.backend=openai", f"translator.base_url={chat.base_url}",
+                            f"translator.api_key_env={KEY_ENV}", "translator.memory_import=[]")
+        run_translate(recipe, run / "generate", run / "translate")
+    translated = read_jsonl(run / "translate" / "records" / "generated.jsonl")
+    assert len(translated) == 2 and {r["lang"] for r in translated} == {"zh"}
+    assert translated[0]["messages_en"] == records[0]["messages"]

@@ -237,12 +237,13 @@ def test_textvqa_is_vqa_tagged_ocr(tmp_path):
                   "flickr_original_url": "https://farm2.staticflickr.com/1/x_o.jpg", "flickr_300k_url": "https://x",
                   "image_width": 1024, "image_height": 664,
                   "answers": ["nokia"] * 7 + ["toshiba"] * 3, "question_tokens": ["what"], "question_id": 34602,
-                  "set_name": "val"}],
+                  "set_name": "val", "ocr_tokens": ["NOKIA", "", 3, "Connecting"]}],
     })
     records, _, _ = read(tmp_path, kind="textvqa", path=path, image_root="/textvqa/train_images")
     r = records[0]
     assert (r.task, r.meta["kind"], r.messages[1]["content"]) == ("vqa", "ocr", "nokia")
     assert r.image == "/textvqa/train_images/003a8ae2ef43b901.jpg" and len(r.meta["answers"]) == 10
+    assert r.meta["ocr_tokens"] == ["NOKIA", "Connecting"]  # context for the generate step
     records, _, _ = read(tmp_path, kind="textvqa", path=path)
     assert records[0].image == "https://farm2.staticflickr.com/1/x_o.jpg"
 

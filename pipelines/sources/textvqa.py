@@ -63,5 +63,13 @@ def make_record(cfg: SourceConfig, row: dict) -> Record:
             "answers": answers,
             "image_classes": row.get("image_classes"),
             "set_name": row.get("set_name"),
+            **({"ocr_tokens": tokens} if (tokens := _ocr_tokens(row)) else {}),
         },
     )
+
+
+def _ocr_tokens(row: dict) -> list[str]:
+    """The image's OCR tokens where the file has them (`ocr_tokens`, as TextVQA 0.5.1 and the
+    Rosetta-joined files carry them): the generate step gives them to the model as context."""
+    tokens = row.get("ocr_tokens")
+    return [t for t in tokens if isinstance(t, str) and t.strip()] if isinstance(tokens, list) else []
