@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.env import check_env_name
+from curators.config import CurateConfig
 from generators.config import GenerateConfig
 from training.config import EvalConfig, ModelConfig, StageConfig
 from translators.config import TranslatorConfig
@@ -171,6 +172,8 @@ class Recipe(_Section):
     demo: DemoConfig | None = None
     sources: list[SourceConfig] = Field(default_factory=list)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    curate: CurateConfig | None = None
+    """None: the curate step passes the records through and drops nothing."""
     generate: GenerateConfig | None = None
     """None: the generate step passes the records through and generates nothing."""
     translator: TranslatorConfig = Field(default_factory=TranslatorConfig)
@@ -381,6 +384,8 @@ def _file_fields(recipe: Recipe) -> list[tuple[str, str]]:
                 fields.append((f"sources[{i}].{attr}", getattr(s, attr)))
     for i, f in enumerate(recipe.translator.memory_import):
         fields.append((f"translator.memory_import[{i}]", f))
+    if recipe.curate is not None and recipe.curate.clip.path:
+        fields.append(("curate.clip.path", recipe.curate.clip.path))
     if recipe.generate is not None:
         fields += [(f"generate.cache_import[{i}]", f) for i, f in enumerate(recipe.generate.cache_import)]
         fields += [(f"generate.boxes[{i}].path", b.path) for i, b in enumerate(recipe.generate.boxes)]

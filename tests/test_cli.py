@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +7,7 @@ import pytest
 
 from pipelines.cli.main import build_parser, main
 
-COMMANDS = ["demo-data", "download", "translate", "render", "publish", "train", "build-and-train",
+COMMANDS = ["demo-data", "download", "curate", "generate", "translate", "render", "publish", "train", "build-and-train",
             "chat", "eval", "export", "serve"]
 
 
@@ -45,7 +46,9 @@ def test_recipe_errors_exit_2_and_name_the_key(capsys):
 def test_demo_data_command_writes_requested_corpus(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "c"), "--num-images", "20", "--seed", "3"]) == 0
     assert "images=20" in capsys.readouterr().out
-    assert len(list((tmp_path / "c" / "images").glob("*.jpg"))) == 20
+    copies = json.loads((tmp_path / "c" / "demo_manifest.json").read_text())["counts"]["noise"]
+    extra = copies["exact_copies"] + copies["near_copies"]  # the corpus's duplicate images (its noise)
+    assert len(list((tmp_path / "c" / "images").glob("*.jpg"))) == 20 + extra and extra > 0
 
 
 def test_module_entry_point_matches_console_script():

@@ -56,7 +56,7 @@ def test_summary_covers_every_step(finished_run):
     assert download["read"] == download["kept"] + sum(download["rejected"].values())
     assert written["stages"]["train"]["stage1"]["steps"] == 2 and written["stages"]["train"]["stage2"]["steps"] == 3
     assert written["stages"]["publish"]["skipped"]
-    for step in ("download", "generate", "translate", "render", "train", "eval"):
+    for step in ("download", "curate", "generate", "translate", "render", "train", "eval"):
         assert json.loads((run_dir / step / "_SUCCESS").read_text())["flow"]["fingerprint"]
 
 
@@ -80,7 +80,7 @@ def test_rerun_does_no_work_and_a_changed_step_reruns_downstream_only(finished_r
 
     flow_run_id, _ = run(run_dir, ["stages.stage2.max_steps=4"])
     states = task_states(flow_run_id)
-    assert [states[s] for s in ("demo-data", "download", "generate", "translate", "render")] == ["Cached"] * 5
+    assert [states[s] for s in ("demo-data", "download", "curate", "generate", "translate", "render")] == ["Cached"] * 6
     assert states["train"] == "Completed" and states["eval"] == "Completed"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stages"]["train"]["stage2"]["steps"] == 4
@@ -90,7 +90,7 @@ def test_training_one_stage_does_not_mark_the_train_step_done(prefect_server, tm
     from pipelines.orchestration.flows import STEP_FLOWS
 
     spec = {"recipe": "recipes/demo.yaml", "overrides": TINY, "run_dir": str(tmp_path / "run")}
-    for name in ("demo-data", "download", "generate", "translate", "render"):
+    for name in ("demo-data", "download", "curate", "generate", "translate", "render"):
         assert STEP_FLOWS[name](**spec, return_state=True).is_completed()
     state = STEP_FLOWS["train"](**spec, options={"stage": "stage1"}, return_state=True)
     assert state.is_completed()
@@ -122,7 +122,7 @@ def test_a_step_that_left_retryable_failures_runs_again_and_downstream_redoes_on
                 "translator.model=test-model", "translator.memory_import=[]", "translator.max_retries=0",
                 "translator.batch_segments=8"]
         spec = {"recipe": "recipes/demo.yaml", "overrides": sets, "run_dir": str(run_dir)}
-        for name in ("demo-data", "download", "generate"):
+        for name in ("demo-data", "download", "curate", "generate"):
             assert STEP_FLOWS[name](**spec, return_state=True).is_completed()
         llava = json.loads((run_dir / "demo-data" / "llava" / "llava_instruct.json").read_text())
         chat.add_fault("server_error", match=llava[0]["conversations"][-1]["value"], times=None)

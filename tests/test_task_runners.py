@@ -53,7 +53,7 @@ def spill_tasks(flow_run_id) -> int:
 
 def test_render_on_dask_matches_the_thread_runner(prefect_server, tmp_path):
     run_dir = tmp_path / "run"
-    for stage in ("demo-data", "download", "generate", "translate"):
+    for stage in ("demo-data", "download", "curate", "generate", "translate"):
         run_step(stage, run_dir, [])
     threads = run_step("render", run_dir, [])
     expected = shard_checksums(run_dir)

@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add(sub, "download", "Read the recipe's sources and fetch every image once with img2dataset.",
          "Writes runs/<name>/download/: records joined to local images, rejected/, stats.json.")
+    _add(sub, "curate", "Drop duplicate and junk image-text records before translation: exact and near-duplicate "
+         "images, size and aspect bounds, caption rules and language, CLIP similarity.",
+         "Writes runs/<name>/curate/: the kept records, rejected/ with each drop's figures, report/ with\n"
+         "histograms and contact sheets. Without a `curate:` section it passes the records through.")
     p = _add(sub, "generate", "Generate Chinese conversation / detail / reasoning records from each image's "
              "captions, boxes, QA (and the image) through an OpenAI-compatible model.",
              "Uses the response cache first; only misses are sent. Writes runs/<name>/generate/: the download\n"
@@ -102,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
              "Checkpoints go to runs/<name>/train/<stage>/ in the VisualCLA release layout (safetensors).")
     p.add_argument("--stage", default=None, help="train only this stage (default: all, in order)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the stage even if the recipe changed since (without it, a rerun resumes only from checkpoints of the same model, stage config, seed and shards)")
-    _add(sub, "build-and-train", "Run every step in order: demo data, download, generate, translate, render, train, "
-         "eval.",
+    _add(sub, "build-and-train", "Run every step in order: demo data, download, curate, generate, translate, render, "
+         "train, eval.",
          "With no arguments, runs the bundled demo recipe fully offline and prints a summary table.")
     p = _add(sub, "chat", "Chat with a checkpoint about an image (multi-turn).",
              "Uses the VisualCLA generation defaults (top_p 0.9, top_k 40, temperature 0.5, ...).")

@@ -20,13 +20,13 @@ from common.files import atomic_folder, sha256_file
 from generators.config import GenerateConfig
 from generators.generator import sampling_of
 from generators.prompt_set import load_prompts
-from pipelines.demo import alpaca, texts
+from pipelines.demo import alpaca, noise, texts
 from pipelines.demo.generated import write_responses
 from pipelines.demo.scenes import SHAPES, Scene, coco_bbox, draw_scene, image_name, placements, sample_scene
 from pipelines.demo.texts import Pair, VQAItem
 from pipelines.recipe import DemoConfig
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: noise rows in the URL list (pipelines/demo/noise.py)
 MANIFEST = "demo_manifest.json"
 JPEG_QUALITY = 92
 LLAVA_FRACTION = 0.35  # share of training images that also get a LLaVA item
@@ -73,11 +73,13 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig,
     memory = Memory()
     _write_images(staging / "images", scenes)
     rng = random.Random(f"{settings.seed}:text")
+    captions, noise_rows = _write_captions(staging, final_dir, train, rng, memory, settings.seed)
     counts = {
         "images": len(scenes),
         "train_images": len(train),
         "heldout_images": len(heldout),
-        "captions": len(captions := _write_captions(staging, final_dir, train, rng, memory)),
+        "captions": len(captions) + len(noise_rows),  # rows of the URL list
+        "noise": noise.noise_counts(len(train)),  # of them, noise rows by kind (noise/injected.json)
         "vqa_questions": _write_vqa(staging / "vqa", train, rng, memory, lambda s, r: texts.vqa_items(s, r)),
         "llava_items": _write_llava(staging, train, rng, memory, LLAVA_FRACTION),
         "text_items": _write_alpaca(staging, rng, max(MIN_TEXT_ITEMS, len(train) // 8)),
@@ -87,8 +89,9 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig,
     }
     _write_eval_jsonl(staging / "heldout", heldout)
     if generate is not None:
+        truth = json.loads((staging / noise.GROUND_TRUTH).read_text(encoding="utf-8"))
         counts["generated_replies"] = write_responses(staging / "generate" / "responses.jsonl", train,
-                                                      captions, generate, settings.seed)
+                                                      captions, generate, settings.seed, truth)
     if settings.vision_encoder is not None:
         from pipelines.demo.vision import pretrain_vision_encoder  # torch: imported only when it is needed
 
@@ -146,18 +149,22 @@ def _write_images(folder: Path, scenes: list[Scene]) -> None:
 
 
 def _write_captions(staging: Path, final_dir: Path, scenes: list[Scene], rng: random.Random,
-                    memory: Memory) -> list[str]:
-    """img2dataset URL list; URLs point at the final folder, where the images will be. Returns the
-    captions, in scene order."""
+                    memory: Memory, seed: int) -> tuple[list[str], list[noise.NoiseRow]]:
+    """img2dataset URL list; URLs point at the final folder, where the images will be. One row per
+    training scene, in scene order, then the noise rows (pipelines/demo/noise.py, which also writes
+    the copies and the ground truth). Returns the scenes' own captions, in scene order, and the
+    noise rows."""
     captions = [memory.add(texts.caption(s, rng)) for s in scenes]
+    rows = noise.inject_noise(staging, scenes, seed, memory.add, JPEG_QUALITY)
+    files = [image_name(s.image_id) for s in scenes] + [r.file for r in rows]
     table = pa.table({
-        "url": [(final_dir / "images" / image_name(s.image_id)).as_uri() for s in scenes],
-        "caption": captions,
-        "image_id": pa.array([s.image_id for s in scenes], pa.int64()),
+        "url": [(final_dir / "images" / f).as_uri() for f in files],
+        "caption": captions + [r.caption for r in rows],
+        "image_id": pa.array([s.image_id for s in scenes] + [r.image_id for r in rows], pa.int64()),
     })
     (staging / "captions").mkdir()
     pq.write_table(table, staging / "captions" / "urls.parquet", compression="zstd")
-    return captions
+    return captions, rows
 
 
 def _write_vqa(folder: Path, scenes: list[Scene], rng: random.Random, memory: Memory, make_items) -> int:

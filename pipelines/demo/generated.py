@@ -7,6 +7,11 @@ prompts ask for (conversation / detail / reasoning). Each row is keyed as the ge
 key its request: the context is built from the same caption and boxes the step will read (the
 URL list's caption, the instances file's boxes), and the model, prompt id and sampling settings
 come from the recipe's `generate:` section. Held-out images get no rows: they get no generated data.
+
+The corpus's noise (pipelines/demo/noise.py) changes contexts: a caption of another image joins that
+image's context, and an exact or near copy's caption joins its original's when the curate step
+merges the two (or stays alone with the copy when it does not). Each scene's reply is written under
+every such context, so the cache serves the run whatever curate decided.
 """
 
 from __future__ import annotations
@@ -26,25 +31,36 @@ from pipelines.demo.scenes import SHAPES, Scene, coco_bbox, image_name, placemen
 IMAGE = "<image>"
 
 
-def scene_context(scene: Scene, caption: str) -> Context:
+def scene_context(scene: Scene, captions: list[str], boxes: bool = True) -> Context:
     """The context the generate step builds for this scene's image (see the module docstring)."""
-    boxes = [Box(SHAPES[p.shape.kind][0], normalise_box(*coco_bbox(p, scene), scene.width, scene.height))
-             for p in placements(scene)]
-    return Context(image_name(scene.image_id), [caption], boxes)
+    found = [Box(SHAPES[p.shape.kind][0], normalise_box(*coco_bbox(p, scene), scene.width, scene.height))
+             for p in placements(scene)] if boxes else []
+    return Context(image_name(scene.image_id), list(captions), found)
+
+
+def scene_contexts(scene: Scene, caption: str, noise: dict[str, Any]) -> list[Context]:
+    """Every context the generate step may build for this scene's image, and for its copies."""
+    own = [caption] + [r["caption"] for r in noise.get("other_image", []) if r["original_image_id"] == scene.image_id]
+    copies = [r["caption"] for kind in ("exact_copies", "near_copies") for r in noise.get(kind, [])
+              if r["original_image_id"] == scene.image_id]
+    contexts = [scene_context(scene, own), scene_context(scene, own + copies)]
+    contexts += [scene_context(scene, [c], boxes=False) for c in copies]  # a copy curate left alone
+    return contexts
 
 
 def write_responses(path: Path, scenes: list[Scene], captions: list[str], config: GenerateConfig,
-                    seed: int) -> int:
-    """One row per training scene and kind, for every kind (the recipe's shares pick among them)."""
+                    seed: int, noise: dict[str, Any] | None = None) -> int:
+    """Rows per training scene and kind, for every kind (the recipe's shares pick among them), under
+    each context the scene's image may get (`scene_contexts`)."""
     prompt_id = load_prompts(config).prompt_id
     rng = random.Random(f"{seed}:generate")
     rows = []
     for scene, caption in zip(scenes, captions):
-        context_hash = scene_context(scene, caption).hash()
+        hashes = sorted({c.hash() for c in scene_contexts(scene, caption, noise or {})})
         for kind in KINDS:
-            rows.append({"model": config.model, "prompt_version": prompt_id, "kind": kind,
-                         "context_hash": context_hash, "sampling": sampling_of(config, None, 0),
-                         "content": json.dumps(reply(kind, scene, rng), ensure_ascii=False)})
+            content = json.dumps(reply(kind, scene, rng), ensure_ascii=False)
+            rows += [{"model": config.model, "prompt_version": prompt_id, "kind": kind, "context_hash": h,
+                      "sampling": sampling_of(config, None, 0), "content": content} for h in hashes]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return len(rows)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pipelines.core.step import Step
-from pipelines.steps import demo_data, download, evaluate, generate, publish, render, train, translate
+from pipelines.steps import curate, demo_data, download, evaluate, generate, publish, render, train, translate
 
 STEPS: dict[str, Step] = {s.name: s for s in (
     demo_data.STEP,
     download.STEP,
+    curate.STEP,
     generate.STEP,
     translate.STEP,
     render.STEP,

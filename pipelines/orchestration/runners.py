@@ -27,4 +27,7 @@ def task_runner(cfg: TaskRunnerConfig):
         from prefect_ray import RayTaskRunner
     except ImportError:
         raise RecipeError("task_runner.kind: ray needs prefect-ray (pip install 'visualcla-forge[ray]')") from None
-    return RayTaskRunner(address=cfg.address) if cfg.address else RayTaskRunner()
+    if cfg.address:
+        return RayTaskRunner(address=cfg.address)
+    # A local cluster the size the recipe says (Ray takes every core otherwise), without its dashboard.
+    return RayTaskRunner(init_kwargs={"num_cpus": cfg.max_workers or 2, "include_dashboard": False})

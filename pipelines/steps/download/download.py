@@ -264,7 +264,7 @@ def fetch(urls: list[str], out_dir: Path, cfg: DownloadConfig) -> None:
         print(f"[{STEP_NAME}] all {shards} img2dataset shards are complete; nothing to fetch")
         return
     print(f"[{STEP_NAME}] fetching {len(urls)} distinct images with img2dataset: {shards - done} of {shards} shards to do")
-    with checked_resizer(cfg.max_image_pixels), worker_env(cfg.max_image_pixels):
+    with checked_resizer(cfg.max_image_pixels), worker_env(cfg.max_image_pixels), ray_cluster(cfg):
         import img2dataset
 
         img2dataset.download(**img2dataset_args(cfg, str(url_list), str(images)))
@@ -385,7 +385,7 @@ def checked_resizer(max_image_pixels: int) -> Iterator[None]:
 
     download() takes no resizer argument; it constructs `img2dataset.main.Resizer` and
     pickles it into the workers, so replacing that name for the call is enough, for every
-    distributor (the workers import `pipelines.images` to unpickle it)."""
+    distributor (the workers import `pipelines.steps.download.images` to unpickle it)."""
     import functools
     import importlib
 
@@ -399,6 +399,26 @@ def checked_resizer(max_image_pixels: int) -> Iterator[None]:
         yield
     finally:
         i2d_main.Resizer = original
+
+
+@contextmanager
+def ray_cluster(cfg: DownloadConfig) -> Iterator[None]:
+    """For `distributor: ray`: a local Ray cluster of `download.processes` CPUs for the fetch, unless
+    one is running (`RAY_ADDRESS`, or `ray.init` by the caller). Left to itself img2dataset's first
+    remote call would start one on every core, with its dashboard, and leave it running."""
+    if cfg.distributor != "ray":
+        yield
+        return
+    import ray
+
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    ray.init(num_cpus=cfg.processes, include_dashboard=False, namespace="vcla-download")
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @contextmanager

@@ -6,11 +6,11 @@ from pipelines.steps.generate.generate import GenerateOptions, run_generate
 
 
 def run(recipe, options: GenerateOptions) -> dict:
-    stats = run_generate(recipe, recipe.run_dir / "download", recipe.run_dir / "generate", estimate=options.estimate)
+    stats = run_generate(recipe, recipe.run_dir / "curate", recipe.run_dir / "generate", estimate=options.estimate)
     return stats.to_dict()
 
 
 STEP = Step("generate", run, output=lambda r: r.run_dir / "generate", section=lambda r: r.generate,
-            upstream="download", module=__name__, options=GenerateOptions)
+            upstream="curate", module=__name__, options=GenerateOptions)
 
 __all__ = ["STEP", "GenerateOptions", "run_generate"]

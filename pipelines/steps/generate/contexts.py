@@ -53,7 +53,7 @@ def collect_contexts(recipe: Recipe, records_dir: Path, rejects: RejectWriter | 
     wanted = set(cfg.context_sources) if cfg.context_sources is not None else None
     heldout = heldout_images(recipe)
     contexts: dict[str, Context] = {}
-    join_keys: dict[str, dict[str, tuple[int | None, str | None]]] = {}  # image -> source -> (image_id, file name)
+    join_keys: dict[str, list[tuple[str, int | None, str | None]]] = {}  # image -> (source, image_id, file name)
     skipped: set[str] = set()
     for _, record in iter_records(records_dir):
         if record.image is None or record.source == cfg.source_name:
@@ -62,8 +62,10 @@ def collect_contexts(recipe: Recipe, records_dir: Path, rejects: RejectWriter | 
         if _local_path(url) in heldout:
             skipped.add(record.image)
             continue
-        join_keys.setdefault(record.image, {}).setdefault(
-            record.source, (record.meta.get("image_id"), base_name(urlsplit(url).path) if isinstance(url, str) else None))
+        key = (record.source, record.meta.get("image_id"), base_name(urlsplit(url).path) if isinstance(url, str) else None)
+        keys = join_keys.setdefault(record.image, [])
+        if key not in keys:
+            keys.append(key)
         if wanted is not None and record.source not in wanted:
             continue
         ctx = contexts.setdefault(record.image, Context(record.image))
@@ -91,12 +93,10 @@ def _join_boxes(recipe: Recipe, contexts: dict[str, Context], join_keys: dict, r
         for location, reason, detail in index.problems if rejects is not None else ():
             rejects.reject(source=f"boxes[{i}]", reason=reason, detail=detail, location=location)
         covered = set(box_source.sources) if box_source.sources is not None else None
-        for image, by_source in join_keys.items():
-            keys = [k for source, k in by_source.items() if covered is None or source in covered]
-            if not keys:
-                continue
-            image_id, file_name = keys[0]
-            found = index.find(image_id if isinstance(image_id, int) else None, file_name)
+        for image, keys in join_keys.items():
+            # the first of the image's records the file knows (a duplicate's record may name its own copy)
+            found = next((f for source, image_id, file_name in keys if covered is None or source in covered
+                          if (f := index.find(image_id if isinstance(image_id, int) else None, file_name))), None)
             if found is not None and found.boxes:
                 contexts.setdefault(image, Context(image)).boxes.extend(found.boxes)
 

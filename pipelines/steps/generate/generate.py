@@ -1,7 +1,7 @@
 """Step `generate`: new Chinese instruction records from each image's captions, boxes, QA and OCR
 (and the image itself, for vision endpoints), through any OpenAI-compatible model.
 
-    stats = run_generate(recipe, run_dir / "download", run_dir / "generate")
+    stats = run_generate(recipe, run_dir / "curate", run_dir / "generate")
 
 Writes `out_dir/records/`: the upstream's record files passed through (hard links: the translate
 step reads one folder) and `<generate.source_name>.jsonl`, one record per (image, kind, n) that
@@ -26,6 +26,8 @@ import logging
 import os
 import shutil
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +54,7 @@ from templates.schema import Record, make_id
 
 log = logging.getLogger(__name__)
 STEP_NAME = "generate"
+WINDOWS_IN_FLIGHT = 2
 TRANSIENT = {"connection_error", "timeout"}
 """Request failures a later run may not meet (with the `http_<status>` codes `common.retry` retries)."""
 
@@ -80,7 +83,8 @@ async def _generate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool)
         return stats
     records_in = in_dir / "records"
     if not sorted(records_in.glob("*.jsonl")):
-        raise StepFailed(f"{STEP_NAME}: {records_in}: no *.jsonl record files; run `vcla download` first")
+        raise StepFailed(f"{STEP_NAME}: {records_in}: no *.jsonl record files; run `vcla download` and `vcla curate` "
+                         "first (curate passes the records through when the recipe has no `curate:` section)")
     stats = StepStats(STEP_NAME)
     cfg = recipe.generate
     if estimate:
@@ -163,19 +167,53 @@ def plan_jobs(contexts: dict[str, Context], cfg: GenerateConfig) -> list[Job]:
 
 async def _run_windows(generator: Generator, jobs: list[Job], out_dir: Path, cfg: GenerateConfig,
                        stats: StepStats, rejects: RejectWriter, digest: Any) -> int:
+    """Jobs in windows of `window_images` images, `WINDOWS_IN_FLIGHT` at once (the slow tail of one
+    window overlaps the next: no barrier), outcomes written in job order as each window completes."""
     pending = 0
     path = out_dir / "records" / f"{cfg.source_name}.jsonl"
+    in_flight: deque[tuple[list[Job], asyncio.Task[list[Outcome]]]] = deque()
+
+    def drain(window: list[Job], outcomes: list[Outcome]) -> int:
+        n = 0
+        for outcome in outcomes:
+            n += _write(outcome, cfg, out, stats, rejects, digest)
+            outcome.job.image_url = None
+        pb.update(len(window))
+        return n
+
     with atomic_open(path, "w", encoding="utf-8") as out, bar(len(jobs), "generate", unit="record") as pb:
-        for start in range(0, len(jobs), cfg.window_images):
-            window = jobs[start:start + cfg.window_images]
-            if cfg.context != "annotations":
-                for job in window:
-                    job.image_url = image_data_url(job.context.image, cfg.image_max_side)
-            for outcome in await run_all(generator, window):
-                pending += _write(outcome, cfg, out, stats, rejects, digest)
-                outcome.job.image_url = None
-            pb.update(len(window))
+        try:
+            for window in _image_windows(jobs, cfg.window_images):
+                if cfg.context != "annotations":
+                    for job in window:
+                        job.image_url = image_data_url(job.context.image, cfg.image_max_side)
+                in_flight.append((window, asyncio.create_task(run_all(generator, window))))
+                if len(in_flight) >= WINDOWS_IN_FLIGHT:
+                    window, task = in_flight.popleft()
+                    pending += drain(window, await task)
+            while in_flight:
+                window, task = in_flight.popleft()
+                pending += drain(window, await task)
+        except BaseException:
+            for _, task in in_flight:
+                task.cancel()
+            await asyncio.gather(*(t for _, t in in_flight), return_exceptions=True)
+            raise
     return pending
+
+
+def _image_windows(jobs: list[Job], images: int) -> Iterator[list[Job]]:
+    """Consecutive jobs grouped so that each window holds the jobs of at most `images` images."""
+    window: list[Job] = []
+    seen: set[str] = set()
+    for job in jobs:
+        if job.context.image not in seen and len(seen) >= images:
+            yield window
+            window, seen = [], set()
+        seen.add(job.context.image)
+        window.append(job)
+    if window:
+        yield window
 
 
 def _write(o: Outcome, cfg: GenerateConfig, out: IO, stats: StepStats, rejects: RejectWriter, digest: Any) -> int:

@@ -9,6 +9,7 @@ sizes) come from the same `templates.rows` description as the Parquet schema, so
 
 from __future__ import annotations
 
+import json
 import platform
 from collections import Counter, defaultdict
 from dataclasses import asdict
@@ -86,9 +87,21 @@ def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, 
             "read": stats.read,
             "rejected": dict(sorted(stats.rejected.items())),
         },
+        "curation": curation_counts(recipe),
         "recipe": recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else None,
         "versions": package_versions(),
     }
+
+
+def curation_counts(recipe: Any) -> dict | None:
+    """What the curate step kept and dropped (its stats.json), for the manifest and the card; None
+    when the run has no curation."""
+    path = Path(getattr(recipe, "run_dir", "")) / "curate" / "stats.json"
+    if getattr(recipe, "curate", None) is None or not path.is_file():
+        return None
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    images = {k: v for k, v in sorted(stats.get("extra", {}).items()) if "image" in k and isinstance(v, int)}
+    return {"read": stats["read"], "kept": stats["kept"], "rejected": stats["rejected"], "images": images}
 
 
 def prompt_record(render: Any) -> dict:
@@ -155,7 +168,8 @@ class _NoAliasDumper(yaml.SafeDumper):
 def dataset_card(recipe: Any, shards: Shards, manifest: dict) -> str:
     header = yaml.dump(card_metadata(recipe, shards), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
     return f"---\n{header}---\n\n" + "\n\n".join([
-        _intro(recipe, manifest), _usage(recipe), _statistics(manifest), _lineage(), _provenance(manifest),
+        _intro(recipe, manifest), _usage(recipe), _statistics(manifest), *_curation(manifest), _lineage(),
+        _provenance(manifest),
     ]) + "\n"
 
 
@@ -213,6 +227,18 @@ def _statistics(manifest: dict) -> str:
         + f"Records read: {counts['read']}. Dropped (one row each in `rejected/render.jsonl`):\n\n"
         + "| reason | records |\n|---|---|\n" + rejected
     )
+
+
+def _curation(manifest: dict) -> list[str]:
+    c = manifest.get("curation")
+    if not c:
+        return []
+    rejected = "\n".join(f"| {reason} | {n} |" for reason, n in c["rejected"].items()) or "| - | 0 |"
+    images = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in c["images"].items())
+    return ["## Curation\n\n"
+            f"Before translation the curate step read {c['read']} records and kept {c['kept']} ({images}). "
+            "Dropped (one row each, with its figures, in the run's `curate/rejected/curate.jsonl`; pictures in "
+            "`curate/report/report.md`):\n\n| reason | records |\n|---|---|\n" + rejected]
 
 
 def _lineage() -> str:

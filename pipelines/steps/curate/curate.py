@@ -1,0 +1,359 @@
+"""Step `curate`: drop duplicate and junk image-text records before anyone pays to translate them.
+
+    stats = run_curate(recipe, run_dir / "download", run_dir / "curate")
+
+1. index    read every record once: per distinct image file, the lowest record id of its records
+            (its key: the same input keeps the same representative) and its original size.
+2. measure  decode every image once, as tasks on the recipe's task runner (threads, Dask, Ray):
+            content hash, 64-bit pHash, decoded size (`images.py`).
+3. images   per image, in order: `undecodable_image`; size and aspect bounds (`too_small`,
+            `too_large`, `extreme_aspect`); exact duplicates (same content hash) and near
+            duplicates (pHash within `curate.near.threshold`, found sub-quadratically:
+            curators/near_dups.py), across sources, each cluster represented by its lowest key.
+            A duplicate image's records are pointed at the representative (`near.keep_text`: their
+            captions are not lost) or rejected with the representative and the distance.
+4. records  caption rules and language (curators/text_rules.py; captions get every rule, other
+            records the language rule), exact duplicate text-only records (`duplicate_text`),
+            CLIP image-text similarity of caption records when a model is configured.
+5. write    records/<source>.jsonl (kept records, in input order, `meta.curate` with the figures),
+            rejected/curate.jsonl (every drop, with its figures), report/ (pictures, report.md).
+
+A filter in `annotate` mode tags `meta.curate.flags` and drops nothing. Without a `curate:` section
+the step passes the records through. Writes are atomic and `_SUCCESS` marks the end: an interrupted
+run starts over (image facts are recomputed; CLIP scores come from their cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.files import atomic_open, clean_stale_temp_files, read_json, write_json
+from common.layout import DONE_FILE
+from common.progress import bar
+from curators.config import CurateConfig
+from curators.near_dups import Cluster, find_clusters
+from pipelines.core.completion import is_done, mark_done, step_storage_errors
+from pipelines.core.errors import StepFailed
+from pipelines.core.parallel import map_in_tasks
+from pipelines.core.rejects import RejectWriter
+from pipelines.core.stats import StepStats
+from pipelines.recipe import Recipe
+from pipelines.steps.curate.images import ImageFacts, image_facts
+from pipelines.steps.curate.texts import TextJudge
+from templates.schema import IMAGE_PLACEHOLDER, Record
+
+STEP_NAME = "curate"
+WINDOW = 5000
+"""Records checked together (language identification is batched)."""
+MapFn = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+
+
+@dataclass(slots=True)
+class ImageInfo:
+    key: str
+    """The lowest id among the image's records: the cluster representative is the lowest key."""
+    original: tuple[int, int] | None = None
+
+
+@dataclass(slots=True)
+class ImageVerdict:
+    reason: str | None = None
+    detail: str = ""
+    representative: str | None = None
+    """The image this one duplicates (None: it is its own)."""
+    distance: int = 0
+    flags: list[str] = field(default_factory=list)
+
+
+def run_curate(recipe: Recipe, in_dir: Path, out_dir: Path, map_fn: MapFn = map_in_tasks) -> StepStats:
+    """Curate (see the module docstring). Safe to call again at any time."""
+    with step_storage_errors(STEP_NAME, out_dir):
+        return _curate(recipe, Path(in_dir), Path(out_dir), map_fn)
+
+
+def _curate(recipe: Recipe, in_dir: Path, out_dir: Path, map_fn: MapFn) -> StepStats:
+    if is_done(out_dir):
+        stats = StepStats.from_dict(read_json(out_dir / "stats.json"))
+        print(stats.table())
+        return stats
+    files = sorted((in_dir / "records").glob("*.jsonl"))
+    if not files:
+        raise StepFailed(f"{STEP_NAME}: {in_dir / 'records'}: no *.jsonl record files; run `vcla download` first")
+    clean_stale_temp_files(out_dir)
+    stats = StepStats(STEP_NAME)
+    digest = hashlib.sha256()
+    cfg = recipe.curate
+    if cfg is None:
+        _pass_through(files, out_dir / "records", digest)
+    else:
+        _run_filters(recipe, cfg, files, out_dir, stats, digest, map_fn)
+    write_json(out_dir / "stats.json", stats.to_dict())
+    mark_done(out_dir, {"output_digest": digest.hexdigest()})
+    print(stats.table())
+    return stats
+
+
+def _pass_through(files: list[Path], dst: Path, digest: Any) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        target = dst / path.name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+
+
+def _run_filters(recipe: Recipe, cfg: CurateConfig, files: list[Path], out_dir: Path, stats: StepStats,
+                 digest: Any, map_fn: MapFn) -> None:
+    images = index_images(files)
+    facts = measure(sorted(images), cfg.images_per_task, map_fn, thumbs=cfg.near.max_thumbnail_diff is not None)
+    verdicts = judge_images(images, facts, cfg)
+    stats.extra.update(_image_counts(verdicts))
+    judge = TextJudge(cfg, recipe)
+    image_sha = {p: f.sha256 for p, f in facts.items() if f.sha256 and verdicts[p].reason is None}
+    judge.prepare((r for _, r in iter_records(files)), image_sha)
+    with RejectWriter(out_dir / "rejected", STEP_NAME, stats) as rejects:
+        for path in files:
+            with atomic_open(out_dir / "records" / path.name, "w", encoding="utf-8") as out:
+                _write_file(path, out, verdicts, facts, judge, cfg, stats, rejects, digest)
+    stats.extra.update(judge.counts)
+    if cfg.report:
+        from pipelines.steps.curate.report import write_step_report
+
+        write_step_report(out_dir / "report", verdicts, facts, images, judge, stats)
+
+
+def index_images(files: list[Path]) -> dict[str, ImageInfo]:
+    """image file -> its key (lowest record id) and original size, from one pass over the records."""
+    images: dict[str, ImageInfo] = {}
+    for _, record in iter_records(files):
+        if record.image is None:
+            continue
+        info = images.get(record.image)
+        if info is None:
+            images[record.image] = ImageInfo(record.id, _original_size(record))
+        elif record.id < info.key:
+            info.key = record.id
+    return images
+
+
+def measure(paths: list[str], per_task: int, map_fn: MapFn, thumbs: bool = False) -> dict[str, ImageFacts]:
+    """Decode and hash every image, `per_task` images per task, in a fixed order (whatever the runner)."""
+    chunks = [(paths[i:i + per_task], thumbs) for i in range(0, len(paths), per_task)]
+    facts: dict[str, ImageFacts] = {}
+    with bar(len(paths), "curate: hash images", unit="img") as pb:
+        for chunk_facts in map_fn(image_facts, chunks):
+            for f in chunk_facts:
+                facts[f.path] = f
+            pb.update(len(chunk_facts))
+    return facts
+
+
+def judge_images(images: dict[str, ImageInfo], facts: dict[str, ImageFacts], cfg: CurateConfig
+                 ) -> dict[str, ImageVerdict]:
+    """Per image: undecodable, out of bounds, or a duplicate of a representative (see the module docstring)."""
+    verdicts = {path: ImageVerdict() for path in images}
+    for path, v in verdicts.items():
+        f = facts[path]
+        if f.error is not None:
+            v.reason, v.detail = "undecodable_image", f.error
+        elif cfg.image.mode != "off" and (bad := _bounds(images[path].original or (f.width, f.height), cfg)):
+            _apply(v, cfg.image.mode, *bad)
+    alive = sorted((p for p, v in verdicts.items() if v.reason is None), key=lambda p: images[p].key)
+    _exact(alive, images, facts, verdicts, cfg)
+    _near([p for p in alive if verdicts[p].representative is None and "duplicate_image" not in verdicts[p].flags],
+          images, facts, verdicts, cfg)
+    return verdicts
+
+
+def _bounds(size: tuple[int, int], cfg: CurateConfig) -> tuple[str, str] | None:
+    w, h = size
+    short, long = min(w, h), max(w, h)
+    if short < cfg.image.min_side:
+        return "too_small", f"{w}x{h}: shorter side {short} < curate.image.min_side {cfg.image.min_side}"
+    if cfg.image.max_side is not None and long > cfg.image.max_side:
+        return "too_large", f"{w}x{h}: longer side {long} > curate.image.max_side {cfg.image.max_side}"
+    if long / max(1, short) > cfg.image.max_aspect:
+        return "extreme_aspect", f"{w}x{h}: aspect {long / max(1, short):.2f} > curate.image.max_aspect {cfg.image.max_aspect}"
+    return None
+
+
+def _apply(v: ImageVerdict, mode: str, reason: str, detail: str) -> None:
+    if mode == "filter":
+        v.reason, v.detail = reason, detail
+    else:
+        v.flags.append(reason)
+
+
+def _exact(alive: list[str], images: dict[str, ImageInfo], facts: dict[str, ImageFacts],
+           verdicts: dict[str, ImageVerdict], cfg: CurateConfig) -> None:
+    """Same content hash: the first (lowest key) is the representative."""
+    if cfg.exact.mode == "off":
+        return
+    first: dict[str, str] = {}
+    for path in alive:
+        rep = first.setdefault(facts[path].sha256, path)
+        if rep != path:
+            _duplicate(verdicts[path], rep, 0, "duplicate_image", cfg.exact.mode, cfg.near.keep_text, images)
+
+
+def _near(alive: list[str], images: dict[str, ImageInfo], facts: dict[str, ImageFacts],
+          verdicts: dict[str, ImageVerdict], cfg: CurateConfig) -> None:
+    if cfg.near.mode == "off" or not alive:
+        return
+    by_key = {images[p].key: p for p in alive}
+    keys = sorted(by_key)
+    clusters = find_clusters(keys, [facts[by_key[k]].phash for k in keys], cfg.near.threshold)
+    if cfg.near.max_thumbnail_diff is not None:
+        clusters = confirm_by_thumbnail(clusters, by_key, facts, cfg.near.threshold, cfg.near.max_thumbnail_diff)
+    for cluster in clusters:
+        rep = by_key[cluster.representative]
+        for key, distance in cluster.members:
+            _duplicate(verdicts[by_key[key]], rep, distance, "near_duplicate_image", cfg.near.mode,
+                       cfg.near.keep_text, images)
+
+
+def confirm_by_thumbnail(clusters: list[Cluster], by_key: dict[str, str], facts: dict[str, ImageFacts],
+                         threshold: int, max_diff: float) -> list[Cluster]:
+    """Split each pHash cluster into the components of its confirmed pairs: pHash distance within
+    `threshold` and 8x8 thumbnails within `max_diff` mean absolute difference. Pairwise inside a
+    cluster (clusters are small on real data; the row loop keeps memory linear in its size)."""
+    out: list[Cluster] = []
+    for cluster in clusters:
+        keys = [cluster.representative] + [k for k, _ in cluster.members]
+        hashes = np.array([facts[by_key[k]].phash for k in keys], dtype=np.uint64)
+        thumbs = np.stack([np.frombuffer(facts[by_key[k]].thumb, np.uint8) for k in keys]).astype(np.int16)
+        parent = list(range(len(keys)))
+
+        def root(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for i in range(len(keys) - 1):
+            near = np.bitwise_count(hashes[i + 1:] ^ hashes[i]) <= threshold
+            close = np.abs(thumbs[i + 1:] - thumbs[i]).mean(axis=1) <= max_diff
+            for j in (np.flatnonzero(near & close) + i + 1).tolist():
+                a, b = root(i), root(j)
+                parent[max(a, b)] = min(a, b)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(keys)):
+            groups.setdefault(root(i), []).append(i)
+        for members in groups.values():
+            if len(members) > 1:
+                rep = min(members, key=lambda i: keys[i])
+                out.append(Cluster(keys[rep], tuple(sorted(
+                    (keys[i], int(hashes[i] ^ hashes[rep]).bit_count()) for i in members if i != rep))))
+    return sorted(out, key=lambda c: c.representative)
+
+
+def _duplicate(v: ImageVerdict, rep: str, distance: int, reason: str, mode: str, keep_text: bool,
+               images: dict[str, ImageInfo]) -> None:
+    if mode == "annotate":
+        v.flags.append(reason)
+        return
+    v.representative, v.distance = rep, distance
+    if not keep_text:
+        v.reason = reason
+        v.detail = f"duplicate of {rep} (record {images[rep].key}), pHash distance {distance}"
+
+
+def _image_counts(verdicts: dict[str, ImageVerdict]) -> dict[str, int]:
+    c: Counter = Counter(images=len(verdicts))
+    for v in verdicts.values():
+        if v.representative is not None:
+            c["duplicate_images" if v.distance == 0 else "near_duplicate_images"] += 1
+        if v.reason is not None:
+            c[f"images_rejected_{v.reason}"] += 1
+    return dict(c)
+
+
+def _write_file(path: Path, out: Any, verdicts: dict[str, ImageVerdict], facts: dict[str, ImageFacts],
+                judge: TextJudge, cfg: CurateConfig, stats: StepStats, rejects: RejectWriter, digest: Any) -> None:
+    window: list[tuple[str, Record]] = []
+    for item in iter_records([path]):
+        window.append(item)
+        if len(window) >= WINDOW:
+            _write_window(window, out, verdicts, facts, judge, stats, rejects, digest)
+            window = []
+    if window:
+        _write_window(window, out, verdicts, facts, judge, stats, rejects, digest)
+
+
+def _write_window(window: list[tuple[str, Record]], out: Any, verdicts: dict[str, ImageVerdict],
+                  facts: dict[str, ImageFacts], judge: TextJudge, stats: StepStats, rejects: RejectWriter,
+                  digest: Any) -> None:
+    text_verdicts = judge.check([record for _, record in window], facts, verdicts)
+    for (location, record), tv in zip(window, text_verdicts):
+        stats.count_read(record.source)
+        image = verdicts.get(record.image) if record.image is not None else None
+        reason, detail = (image.reason, image.detail) if image is not None and image.reason else (tv.reason, tv.detail)
+        if reason is not None:
+            rejects.reject(source=record.source, reason=reason, detail=detail[:1000], record_id=record.id,
+                           location=location, record=_figures(record, image, facts, tv.figures))
+            continue
+        _annotate(record, image, facts, tv)
+        out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+        stats.count_kept(record.source)
+        digest.update(record.id.encode() + b"\0" + (record.image or "").encode() + b"\0")
+        for m in record.messages:
+            digest.update(m["content"].encode() + b"\0")
+
+
+def _annotate(record: Record, image: ImageVerdict | None, facts: dict[str, ImageFacts], tv: Any) -> None:
+    """`meta.curate`: the figures a later run (or a person) can filter on without recomputing."""
+    info: dict[str, Any] = dict(tv.figures)
+    flags = list(tv.flags)
+    if image is not None:
+        f = facts[record.image]
+        info["phash"] = f"{f.phash:016x}" if f.phash is not None else None
+        flags += image.flags
+        if image.representative is not None:
+            info["duplicate_of"] = {"image": record.image, "distance": image.distance}
+            record.image = image.representative
+    if tv.normalised is not None:
+        record.messages = tv.normalised
+    if flags:
+        info["flags"] = sorted(set(flags))
+    record.meta["curate"] = info
+
+
+def _figures(record: Record, image: ImageVerdict | None, facts: dict[str, ImageFacts], text: dict) -> dict:
+    out = {"image": record.image, "text": record_text(record)[:500], **text}
+    if image is not None and record.image in facts:
+        f = facts[record.image]
+        out.update({"width": f.width, "height": f.height, "phash": f"{f.phash:016x}" if f.phash is not None else None,
+                    "duplicate_of": image.representative, "distance": image.distance if image.representative else None})
+    return out
+
+
+def record_text(record: Record) -> str:
+    """The record's words: every message, `<image>` removed."""
+    return "\n".join(m["content"].replace(IMAGE_PLACEHOLDER, "").strip() for m in record.messages).strip()
+
+
+def iter_records(files: list[Path]) -> Iterator[tuple[str, Record]]:
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield f"{path.name}:{lineno}", Record.from_dict(json.loads(line))
+
+
+def _original_size(record: Record) -> tuple[int, int] | None:
+    d = record.meta.get("image_download") or {}
+    w, h = d.get("original_width"), d.get("original_height")
+    return (int(w), int(h)) if isinstance(w, int) and isinstance(h, int) else None
