@@ -92,6 +92,26 @@ def storage_error(err: BaseException, path: str | Path) -> StorageError | None:
 
 
 @contextmanager
+def sqlite_storage_errors(path: Path, error: type[StorageError], subject: str, instead: str,
+                          then: str) -> Iterator[None]:
+    """Re-raise SQLite's full-disk / read-only / cannot-open errors (`SQLITE_STORAGE_ERRORS`) as
+    `error`, worded by `storage_message` with "<subject> <path>"; other SQLite errors pass through.
+    SQLite has rolled the unfinished transaction back by then: the file is not corrupt."""
+    import sqlite3
+
+    try:
+        yield
+    except sqlite3.OperationalError as err:
+        name = getattr(err, "sqlite_errorname", "") or ""
+        family = next((k for k in SQLITE_STORAGE_ERRORS if name.startswith(k)), None)
+        if family is None:
+            raise
+        cause, todo = SQLITE_STORAGE_ERRORS[family]
+        raise error(storage_message(f"{subject} {path}", cause, todo, nearest_folder(path),
+                                    detail=f"{name}: {err}", instead=instead, then=then)) from err
+
+
+@contextmanager
 def storage_guard(path: str | Path) -> Iterator[None]:
     """Re-raise a full-disk or permission error inside the block as a StorageError naming `path`."""
     try:

@@ -37,7 +37,7 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ from transformers import (
 )
 
 from common.files import sha256_file
-from common.storage import SQLITE_STORAGE_ERRORS, StorageError, nearest_folder, storage_message
+from common.storage import StorageError, sqlite_storage_errors
 
 MODEL_TYPES = {
     "clip": (CLIPModel, CLIPProcessor, CLIPTokenizer, CLIPImageProcessorPil),
@@ -251,21 +251,11 @@ class ScoreCacheWriteError(StorageError):
     the unfinished batch: every score already committed is kept."""
 
 
-@contextmanager
-def _storage_errors(path: Path) -> Iterator[None]:
-    """Re-raise SQLite's full-disk / read-only / cannot-open errors as a ScoreCacheWriteError naming `path`."""
-    try:
-        yield
-    except sqlite3.OperationalError as err:
-        name = getattr(err, "sqlite_errorname", "") or ""
-        family = next((k for k in SQLITE_STORAGE_ERRORS if name.startswith(k)), None)
-        if family is None:
-            raise
-        cause, todo = SQLITE_STORAGE_ERRORS[family]
-        raise ScoreCacheWriteError(storage_message(
-            f"CLIP score cache {path}", cause, todo, nearest_folder(path), detail=f"{name}: {err}",
-            instead="set curate.clip.cache_path to another place",
-            then="run the same command again: every score already stored is kept")) from err
+def _storage_errors(path: Path) -> AbstractContextManager[None]:
+    """SQLite's full-disk / read-only / cannot-open errors as a ScoreCacheWriteError naming `path`."""
+    return sqlite_storage_errors(path, ScoreCacheWriteError, "CLIP score cache",
+                                 instead="set curate.clip.cache_path to another place",
+                                 then="run the same command again: every score already stored is kept")
 
 
 class ScoreCache:

@@ -333,20 +333,51 @@ def all_pairs_clusters(ids: Sequence[str], hashes: Sequence[int] | np.ndarray, t
     """The same clusters by comparing every pair (O(n^2), numpy row by row): the exact baseline."""
     check_threshold(threshold)
     values = _checked(ids, hashes)
-    parent = list(range(len(values)))
+    sets = _DisjointSets(len(values))
+    for row in range(len(values) - 1):
+        near = np.flatnonzero(np.bitwise_count(values[row + 1:] ^ values[row]) <= threshold) + row + 1
+        for other in near.tolist():
+            sets.union(row, other)
+    return _clusters(ids, values, np.array([sets.root(x) for x in range(len(values))], dtype=np.int64))
 
-    def root(x: int) -> int:
+
+def confirm_clusters(clusters: list[Cluster], hashes: dict[str, int], features: dict[str, np.ndarray],
+                     threshold: int, max_diff: float) -> list[Cluster]:
+    """Split each cluster into the components of its confirmed pairs: Hamming distance within
+    `threshold` and the two ids' feature vectors (e.g. 8x8 RGB thumbnails) within `max_diff` mean
+    absolute difference. pHash sees the layout of luminance only; flat images of other colours can
+    share one. Pairwise inside a cluster (small on real data; row by row keeps memory linear)."""
+    out: list[Cluster] = []
+    for cluster in clusters:
+        ids = [cluster.representative] + [k for k, _ in cluster.members]
+        values = np.array([hashes[k] for k in ids], dtype=np.uint64)
+        vectors = np.stack([features[k] for k in ids]).astype(np.int16)
+        sets = _DisjointSets(len(ids))
+        for i in range(len(ids) - 1):
+            near = np.bitwise_count(values[i + 1:] ^ values[i]) <= threshold
+            close = np.abs(vectors[i + 1:] - vectors[i]).mean(axis=1) <= max_diff
+            for j in (np.flatnonzero(near & close) + i + 1).tolist():
+                sets.union(i, j)
+        out += _clusters(ids, values, np.array([sets.root(x) for x in range(len(ids))], dtype=np.int64))
+    return sorted(out, key=lambda c: c.representative)
+
+
+class _DisjointSets:
+    """Union-find over 0..n-1 in plain lists (the lower root wins), for the pairwise paths."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def root(self, x: int) -> int:
+        parent = self.parent
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    for row in range(len(values) - 1):
-        near = np.flatnonzero(np.bitwise_count(values[row + 1:] ^ values[row]) <= threshold) + row + 1
-        for other in near.tolist():
-            a, b = root(row), root(other)
-            parent[max(a, b)] = min(a, b)
-    return _clusters(ids, values, np.array([root(x) for x in range(len(values))], dtype=np.int64))
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.root(a), self.root(b)
+        self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def _checked(ids: Sequence[str], hashes: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -18,15 +18,14 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from common.files import sha256_file
-from common.storage import SQLITE_STORAGE_ERRORS, StorageError, nearest_folder, storage_message
+from common.storage import StorageError, sqlite_storage_errors
 from llm.usage import Usage
 
 _SCHEMA = """
@@ -56,21 +55,10 @@ class CacheWriteError(StorageError):
     the unfinished transaction: every reply already stored is kept."""
 
 
-@contextmanager
-def storage_errors(path: Path, section: str) -> Iterator[None]:
-    """Re-raise SQLite's full-disk / read-only / cannot-open errors as a CacheWriteError naming `path`."""
-    try:
-        yield
-    except sqlite3.OperationalError as err:
-        name = getattr(err, "sqlite_errorname", "") or ""
-        family = next((k for k in SQLITE_STORAGE_ERRORS if name.startswith(k)), None)
-        if family is None:
-            raise
-        cause, todo = SQLITE_STORAGE_ERRORS[family]
-        raise CacheWriteError(storage_message(
-            f"response cache {path}", cause, todo, nearest_folder(path), detail=f"{name}: {err}",
-            instead=f"set {section}.cache_path to another place",
-            then="run the same command again: every reply already stored is kept")) from err
+def storage_errors(path: Path, section: str) -> AbstractContextManager[None]:
+    """SQLite's full-disk / read-only / cannot-open errors as a CacheWriteError naming `path`."""
+    return sqlite_storage_errors(path, CacheWriteError, "response cache", instead=f"set {section}.cache_path to "
+                                 "another place", then="run the same command again: every reply already stored is kept")
 
 
 @dataclass(frozen=True, slots=True)

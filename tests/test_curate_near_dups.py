@@ -271,3 +271,18 @@ def test_phash64_keeps_copies_near_and_unrelated_images_far():
     both = hashes + [phash64(images[0].resize((100, 100))), phash64(jpeg(images[3], 50))]
     assert find_clusters(ids, both, 8) == [Cluster("img0", (("img0-small", (hashes[0] ^ both[6]).bit_count()),)),
                                            Cluster("img3", (("img3-jpeg", (hashes[3] ^ both[7]).bit_count()),))]
+
+
+def test_confirm_clusters_splits_pairs_whose_features_disagree():
+    """pHash alone merges flat images of other colours; the thumbnails keep them apart."""
+    from curators.near_dups import confirm_clusters
+
+    ids = ["a", "b", "c", "d"]
+    hashes = {"a": 0x0F0F, "b": 0x0F0F, "c": 0x0F0E, "d": 0x0F0F}
+    red, redish, blue = np.full(192, 200, np.uint8), np.full(192, 201, np.uint8), np.zeros(192, np.uint8)
+    features = {"a": red, "b": blue, "c": redish, "d": blue}
+    clusters = find_clusters(ids, [hashes[i] for i in ids], 4)
+    assert [c.representative for c in clusters] == ["a"]  # pHash: one cluster of four
+    confirmed = confirm_clusters(clusters, hashes, features, 4, 2.0)
+    assert [(c.representative, c.members) for c in confirmed] == [("a", (("c", 1),)), ("b", (("d", 0),))]
+    assert confirm_clusters(clusters, hashes, features, 0, 2.0) == [Cluster("b", (("d", 0),))]

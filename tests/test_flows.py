@@ -56,6 +56,9 @@ def test_summary_covers_every_step(finished_run):
     assert download["read"] == download["kept"] + sum(download["rejected"].values())
     assert written["stages"]["train"]["stage1"]["steps"] == 2 and written["stages"]["train"]["stage2"]["steps"] == 3
     assert written["stages"]["publish"]["skipped"]
+    card = (run_dir / "render" / "README.md").read_text(encoding="utf-8")
+    curated = json.loads((run_dir / "curate" / "stats.json").read_text())
+    assert "## Curation" in card and f"kept {curated['kept']}" in card  # the card carries curate's counts
     for step in ("download", "curate", "generate", "translate", "render", "train", "eval"):
         assert json.loads((run_dir / step / "_SUCCESS").read_text())["flow"]["fingerprint"]
 

@@ -20,13 +20,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from common.files import sha256_file, write_jsonl
-from common.storage import SQLITE_STORAGE_ERRORS, StorageError, nearest_folder, storage_message
+from common.storage import StorageError, sqlite_storage_errors
 from translators.placeholders import peel_edges
 from translators.protocol import Verdict
 
@@ -97,21 +97,11 @@ class MemoryWriteError(StorageError):
     transaction: nothing is corrupt."""
 
 
-@contextmanager
-def storage_errors(path: Path) -> Iterator[None]:
-    """Re-raise SQLite's full-disk / read-only / cannot-open errors as a MemoryWriteError naming `path`."""
-    try:
-        yield
-    except sqlite3.OperationalError as err:
-        name = getattr(err, "sqlite_errorname", "") or ""
-        family = next((k for k in SQLITE_STORAGE_ERRORS if name.startswith(k)), None)
-        if family is None:
-            raise
-        cause, todo = SQLITE_STORAGE_ERRORS[family]
-        raise MemoryWriteError(storage_message(
-            f"translation memory {path}", cause, todo, nearest_folder(path), detail=f"{name}: {err}",
-            instead="set translator.memory_path to another place",
-            then="run the same command again: every translation already stored is kept")) from err
+def storage_errors(path: Path) -> AbstractContextManager[None]:
+    """SQLite's full-disk / read-only / cannot-open errors as a MemoryWriteError naming `path`."""
+    return sqlite_storage_errors(path, MemoryWriteError, "translation memory",
+                                 instead="set translator.memory_path to another place",
+                                 then="run the same command again: every translation already stored is kept")
 
 
 class TranslationMemory:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,10 +39,11 @@ from common.files import atomic_open, clean_stale_temp_files, read_json, write_j
 from common.layout import DONE_FILE
 from common.progress import bar
 from curators.config import CurateConfig
-from curators.near_dups import Cluster, find_clusters
+from curators.near_dups import confirm_clusters, find_clusters
 from pipelines.core.completion import is_done, mark_done, step_storage_errors
 from pipelines.core.errors import StepFailed
 from pipelines.core.parallel import map_in_tasks
+from pipelines.core.passthrough import pass_through
 from pipelines.core.rejects import RejectWriter
 from pipelines.core.stats import StepStats
 from pipelines.recipe import Recipe
@@ -94,25 +93,13 @@ def _curate(recipe: Recipe, in_dir: Path, out_dir: Path, map_fn: MapFn) -> StepS
     digest = hashlib.sha256()
     cfg = recipe.curate
     if cfg is None:
-        _pass_through(files, out_dir / "records", digest)
+        pass_through(files, out_dir / "records", digest)
     else:
         _run_filters(recipe, cfg, files, out_dir, stats, digest, map_fn)
     write_json(out_dir / "stats.json", stats.to_dict())
     mark_done(out_dir, {"output_digest": digest.hexdigest()})
     print(stats.table())
     return stats
-
-
-def _pass_through(files: list[Path], dst: Path, digest: Any) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        target = dst / path.name
-        target.unlink(missing_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copyfile(path, target)
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
 
 
 def _run_filters(recipe: Recipe, cfg: CurateConfig, files: list[Path], out_dir: Path, stats: StepStats,
@@ -217,47 +204,15 @@ def _near(alive: list[str], images: dict[str, ImageInfo], facts: dict[str, Image
     keys = sorted(by_key)
     clusters = find_clusters(keys, [facts[by_key[k]].phash for k in keys], cfg.near.threshold)
     if cfg.near.max_thumbnail_diff is not None:
-        clusters = confirm_by_thumbnail(clusters, by_key, facts, cfg.near.threshold, cfg.near.max_thumbnail_diff)
+        members = [k for c in clusters for k in (c.representative, *(m for m, _ in c.members))]
+        clusters = confirm_clusters(clusters, {k: facts[by_key[k]].phash for k in members},
+                                    {k: np.frombuffer(facts[by_key[k]].thumb, np.uint8) for k in members},
+                                    cfg.near.threshold, cfg.near.max_thumbnail_diff)
     for cluster in clusters:
         rep = by_key[cluster.representative]
         for key, distance in cluster.members:
             _duplicate(verdicts[by_key[key]], rep, distance, "near_duplicate_image", cfg.near.mode,
                        cfg.near.keep_text, images)
-
-
-def confirm_by_thumbnail(clusters: list[Cluster], by_key: dict[str, str], facts: dict[str, ImageFacts],
-                         threshold: int, max_diff: float) -> list[Cluster]:
-    """Split each pHash cluster into the components of its confirmed pairs: pHash distance within
-    `threshold` and 8x8 thumbnails within `max_diff` mean absolute difference. Pairwise inside a
-    cluster (clusters are small on real data; the row loop keeps memory linear in its size)."""
-    out: list[Cluster] = []
-    for cluster in clusters:
-        keys = [cluster.representative] + [k for k, _ in cluster.members]
-        hashes = np.array([facts[by_key[k]].phash for k in keys], dtype=np.uint64)
-        thumbs = np.stack([np.frombuffer(facts[by_key[k]].thumb, np.uint8) for k in keys]).astype(np.int16)
-        parent = list(range(len(keys)))
-
-        def root(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        for i in range(len(keys) - 1):
-            near = np.bitwise_count(hashes[i + 1:] ^ hashes[i]) <= threshold
-            close = np.abs(thumbs[i + 1:] - thumbs[i]).mean(axis=1) <= max_diff
-            for j in (np.flatnonzero(near & close) + i + 1).tolist():
-                a, b = root(i), root(j)
-                parent[max(a, b)] = min(a, b)
-        groups: dict[int, list[int]] = {}
-        for i in range(len(keys)):
-            groups.setdefault(root(i), []).append(i)
-        for members in groups.values():
-            if len(members) > 1:
-                rep = min(members, key=lambda i: keys[i])
-                out.append(Cluster(keys[rep], tuple(sorted(
-                    (keys[i], int(hashes[i] ^ hashes[rep]).bit_count()) for i in members if i != rep))))
-    return sorted(out, key=lambda c: c.representative)
 
 
 def _duplicate(v: ImageVerdict, rep: str, distance: int, reason: str, mode: str, keep_text: bool,

@@ -23,8 +23,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -46,6 +44,7 @@ from llm.errors import EndpointError
 from llm.estimate import Estimate
 from pipelines.core.completion import is_done, mark_done, step_storage_errors
 from pipelines.core.errors import StepFailed
+from pipelines.core.passthrough import pass_through
 from pipelines.core.rejects import RejectWriter
 from pipelines.core.stats import StepStats
 from pipelines.recipe import Recipe
@@ -94,7 +93,8 @@ async def _generate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool)
     digest = hashlib.sha256()
     upstream = read_json(in_dir / DONE_FILE) if is_done(in_dir) else {}
     digest.update(str(upstream.get("output_digest")).encode())
-    _pass_through(records_in, out_dir / "records", cfg, digest)
+    own = f"{cfg.source_name}.jsonl" if cfg else None  # a rerun's own output is not the upstream's
+    pass_through([p for p in sorted(records_in.glob("*.jsonl")) if p.name != own], out_dir / "records", digest)
     pending = 0
     if cfg is not None:
         recipe.require_files("generate.")
@@ -105,22 +105,6 @@ async def _generate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool)
                         "model": cfg.model if cfg else None})
     print(stats.table())
     return stats
-
-
-def _pass_through(src: Path, dst: Path, cfg: GenerateConfig | None, digest: Any) -> None:
-    """Link the upstream's record files into `dst` (copy where links are not possible)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    own = f"{cfg.source_name}.jsonl" if cfg else None
-    for path in sorted(src.glob("*.jsonl")):
-        if path.name == own:
-            continue
-        target = dst / path.name
-        target.unlink(missing_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copyfile(path, target)
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
 
 
 async def _generate_records(recipe: Recipe, records_in: Path, out_dir: Path, stats: StepStats,
