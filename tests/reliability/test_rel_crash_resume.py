@@ -91,7 +91,8 @@ def test_download_killed_three_times_and_denied_a_folder_once_resumes_to_the_sam
     check_download_visible(run, reference)
     # 3. not a crash: img2dataset may not write into one of the shard folders still to fetch
     shard = rng.choice([f"{i:05d}" for i in range(4) if not (out / "images" / f"{i:05d}").exists()])
-    denied_run(args, out, shard, env, tmp_path / "3.log")
+    total = json.loads((want / "stats.json").read_text())["extra"]["images_requested"]  # 58: 54 + the copies
+    denied_run(args, out, shard, env, tmp_path / "3.log", total)
     check_download_visible(run, reference)
     # 4. while joining records to images: the n-th records file is written but not yet renamed
     kill(args, Call("os:replace", n=rng.randint(1, 4), under=str(out / "records" / ".tmp-")), env, tmp_path / "4.log")
@@ -104,7 +105,7 @@ def test_download_killed_three_times_and_denied_a_folder_once_resumes_to_the_sam
     assert_nothing_left_over(run, "download")
 
 
-def denied_run(args: list[str], out: Path, shard: str, env: dict, log: Path) -> None:
+def denied_run(args: list[str], out: Path, shard: str, env: dict, log: Path, total: int) -> None:
     """A run where img2dataset cannot write shard `shard`'s images (mode 0555; a root child runs
     without the capabilities that ignore modes): the stage stops, naming the shard and the folder,
     and marks nothing done; without the fix it kept going and dropped the shard's records for good."""
@@ -116,8 +117,8 @@ def denied_run(args: list[str], out: Path, shard: str, env: dict, log: Path) -> 
     finally:
         folder.chmod(0o755)
     print(f"denied shard {shard}")
-    images = min(16, 54 - 16 * int(shard))
-    failed_with(result, f"vcla download: download: img2dataset has no result for {images} of 54 images, in "
+    images = min(16, total - 16 * int(shard))
+    failed_with(result, f"vcla download: download: img2dataset has no result for {images} of {total} images, in "
                 f"shard(s) {shard} of 4 in {out / 'images'}:", "a folder it may not write to",
                 "only these shards are fetched again")
     assert "Permission denied" in result.output  # img2dataset's own error, printed above the message
@@ -153,7 +154,7 @@ def check_download_visible(run: Path, reference: Path) -> None:
 
 def test_translate_killed_three_times_resumes_to_the_same_records(reference, env, tmp_path):
     rng = random.Random(f"translate-{SEED}")
-    run = fresh_run(tmp_path / "run", reference, "download")
+    run = fresh_run(tmp_path / "run", reference, "download", "curate", "generate")
     out, args = run / "translate", vcla_args("translate", run)
     memory = run / "translation-memory.sqlite"
 
@@ -202,7 +203,7 @@ def check_translate_visible(run: Path, reference: Path) -> None:
 
 def test_render_killed_three_times_resumes_to_the_same_shards(reference, env, tmp_path):
     rng = random.Random(f"render-{SEED}")
-    run = fresh_run(tmp_path / "run", reference, "translate")
+    run = fresh_run(tmp_path / "run", reference, "curate", "translate")  # the card carries curate's counts
     out, args = run / "render", vcla_args("render", run)
 
     # 1. in the middle of a shard: n row groups written to its .part file

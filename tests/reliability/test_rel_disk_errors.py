@@ -56,7 +56,7 @@ def test_render_on_a_full_disk_then_in_a_read_only_folder_fails_clearly_and_the_
 
 
 def test_translation_memory_on_a_full_disk_is_rolled_back_and_the_rerun_matches(reference, env, tmp_path):
-    run = fresh_run(tmp_path / "run", reference, "download")
+    run = fresh_run(tmp_path / "run", reference, "download", "curate", "generate")
     out, args, memory = run / "translate", vcla_args("translate", run), run / "translation-memory.sqlite"
 
     result = run_vcla(args, env=env, log=tmp_path / "full.log", fsize=32 * KIB)

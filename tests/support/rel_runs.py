@@ -1,6 +1,7 @@
 """A small demo run to crash, and what a finished or interrupted run must look like (tests/reliability).
 
-`reference_run` builds demo-data -> download -> translate -> render once per test process, without
+`reference_run` builds demo-data -> download -> curate -> generate -> translate -> render once per test
+process, without
 interruption, by calling the stages in-process; crash tests rebuild one stage in a fresh run folder
 through `vcla` and compare the result with it.
 """
@@ -52,8 +53,8 @@ def run_stages(run: Path, *names: str) -> Path:
 
 @cache
 def reference_run(base: Path) -> Path:
-    """demo-data, download, translate and render of the DATA settings, uninterrupted."""
-    return run_stages(base / "reference", "demo-data", "download", "translate", "render")
+    """demo-data, download, curate, generate, translate and render of the DATA settings, uninterrupted."""
+    return run_stages(base / "reference", "demo-data", "download", "curate", "generate", "translate", "render")
 
 
 TRAIN_ARGS = ("--stage", "stage1")
