@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.env import check_env_name
 from curators.config import CurateConfig
 from generators.config import GenerateConfig
+from evaluators.config import SuiteConfig
+from evaluators.judge import JudgeConfig
 from training.config import EvalConfig, ModelConfig, StageConfig
 from translators.config import TranslatorConfig
 
@@ -165,6 +167,14 @@ class TaskRunnerConfig(_Section):
     address: str | None = Field(None, description="existing Dask/Ray cluster; a local one is started if empty")
 
 
+class RecipeEvalConfig(EvalConfig):
+    """`eval:`: the trainer's short-answer split and generation settings, plus named suites."""
+
+    suites: dict[str, SuiteConfig] = Field(default_factory=dict)
+    judge: JudgeConfig | None = None
+    """The LLM judge of `judge` suites: any OpenAI-compatible endpoint (key from the environment)."""
+
+
 class Recipe(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     description: str = ""
@@ -181,7 +191,7 @@ class Recipe(_Section):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     model: ModelConfig
     stages: dict[str, StageConfig]
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: RecipeEvalConfig = Field(default_factory=RecipeEvalConfig)
     schedules: list[ScheduleConfig] = Field(default_factory=list)
     task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
 
@@ -401,4 +411,5 @@ def _file_fields(recipe: Recipe) -> list[tuple[str, str]]:
         fields.append(("model.llm.tokenizer", recipe.model.llm.tokenizer))
     if recipe.eval.split:
         fields.append(("eval.split", recipe.eval.split))
+    fields += [(f"eval.suites.{name}.path", s.path) for name, s in recipe.eval.suites.items()]
     return fields

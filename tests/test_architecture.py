@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "llm", "templates", "translators", "generators", "training", "pipelines")
+PACKAGES = ("common", "llm", "templates", "translators", "generators", "curators", "evaluators", "training", "pipelines")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:

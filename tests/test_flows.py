@@ -56,11 +56,59 @@ def test_summary_covers_every_step(finished_run):
     assert download["read"] == download["kept"] + sum(download["rejected"].values())
     assert written["stages"]["train"]["stage1"]["steps"] == 2 and written["stages"]["train"]["stage2"]["steps"] == 3
     assert written["stages"]["publish"]["skipped"]
+    suites = written["eval"]["suites"]  # each on the stages that fit it: captions after stage 1, the rest after 2
+    assert {name: sorted(cells) for name, cells in suites.items()} == {
+        "captions": ["stage1"], "choice": ["stage2"], "colour": ["stage2"], "describe": ["stage2"]}
+    assert suites["captions"]["stage1"]["metric"] == "cider_d" and 0 <= suites["choice"]["stage2"]["value"] <= 1
+    report = (run_dir / "eval" / "report.md").read_text(encoding="utf-8")
+    assert all(f"## {name} " in report for name in suites) and (run_dir / "eval" / "stages.png").stat().st_size > 1000
+    assert any((run_dir / "eval" / "tb").glob("events.out.tfevents.*"))
+    assert "correct" in written["eval"]["chat"]  # the description shown is checked against the scene
     card = (run_dir / "render" / "README.md").read_text(encoding="utf-8")
     curated = json.loads((run_dir / "curate" / "stats.json").read_text())
     assert "## Curation" in card and f"kept {curated['kept']}" in card  # the card carries curate's counts
     for step in ("download", "curate", "generate", "translate", "render", "train", "eval"):
         assert json.loads((run_dir / step / "_SUCCESS").read_text())["flow"]["fingerprint"]
+
+
+def test_a_suite_that_cannot_run_is_reported_and_fails_the_step_only_when_required(finished_run):
+    from pipelines.core.errors import StepFailed
+    from pipelines.recipe import load_recipe
+    from pipelines.steps.evaluate import STEP
+
+    run_dir, _, _ = finished_run
+    missing = ["eval.suites={gone: {kind: vqa, path: /nonexistent/eval.jsonl}}", "eval.split=null"]
+    out = STEP.run(load_recipe("recipes/demo.yaml", TINY + missing, run_dir), STEP.make_options())
+    assert out["suites"]["gone"]["stage2"] == {"error": "eval.suites.gone.path: file not found: /nonexistent/eval.jsonl"}
+    with pytest.raises(StepFailed, match="required"):
+        STEP.run(load_recipe("recipes/demo.yaml", TINY + missing + ["eval.suites.gone.required=true"], run_dir),
+                 STEP.make_options())
+
+
+def test_a_judge_suite_scores_our_answers_against_references_through_the_client_layer(finished_run, monkeypatch):
+    from support.judge_server import JudgeServer
+
+    from pipelines.recipe import load_recipe
+    from pipelines.steps.evaluate import STEP
+
+    run_dir, _, _ = finished_run
+    rows = [json.loads(x) for x in (run_dir / "demo-data" / "heldout" / "describe_zh.jsonl").read_text().splitlines()]
+    split = run_dir / "judge.jsonl"
+    corpus = run_dir / "demo-data"
+    split.write_text("".join(json.dumps({"image": str(corpus / r["image"]), "question": r["question"], "category": "detail",
+                                         "reference": "、".join(c + "的" + k for c, k in r["shapes"]),
+                                         "context": ""}, ensure_ascii=False) + "\n" for r in rows[:3]))
+    monkeypatch.setenv("VCLA_TEST_JUDGE_KEY", "sk-judge-test")
+    with JudgeServer(api_key="sk-judge-test") as server:
+        sets = [f"eval.suites={{judged: {{kind: judge, path: {split}}}}}", "eval.split=null",
+                f"eval.judge={{base_url: {server.base_url}, model: judge, api_key_env: VCLA_TEST_JUDGE_KEY, "
+                f"cache_path: {run_dir / 'judge-cache.sqlite'}}}"]
+        out = STEP.run(load_recipe("recipes/demo.yaml", TINY + sets, run_dir), STEP.make_options())
+        assert server.stats.requests == 3
+    cell = out["suites"]["judged"]["stage2"]
+    assert cell["metric"] == "relative" and 0 < cell["value"] <= 125
+    report = json.loads((run_dir / "eval" / "suites.json").read_text())[0]["metrics"]
+    assert report["categories"]["detail"]["n"] == 3 and report["overall"]["reference_mean"] == 8
 
 
 def test_first_run_computes_every_step(finished_run):

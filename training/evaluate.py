@@ -53,35 +53,52 @@ def split_image_path(split: Path, ref: str) -> Path:
 
 
 @torch.no_grad()
+def answer_batch(bot: ChatModel, images: list, texts: list[str], max_new_tokens: int,
+                 first_line: bool = False) -> list[str]:
+    """Greedy answers to `texts` about `images` (paths, bytes or PIL images; one each), generated
+    together: prompts left-padded, so every prompt ends where generation starts. Cut at the
+    template's stop string (and at the first newline with `first_line`: short answers)."""
+    tok = bot.tokenizer
+    prompts = [build_prompt(bot, text, [], True) for text in texts]
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    out_ids = bot.model.generate(
+        input_ids=ids.to(bot.model.device), attention_mask=mask.to(bot.model.device),
+        pixel_values=bot.pixel_values(images), max_new_tokens=max_new_tokens, do_sample=False,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    answers = [cut_at_stop(tok.decode(o, skip_special_tokens=True), bot.template) for o in out_ids]
+    return [a.split("\n")[0] for a in answers] if first_line else answers
+
+
+def answer_all(bot: ChatModel, images: list, texts: list[str], max_new_tokens: int, batch_size: int,
+               first_line: bool = False) -> list[str]:
+    """`answer_batch` over `batch_size` items at a time, in order."""
+    out: list[str] = []
+    for s in range(0, len(texts), batch_size):
+        out += answer_batch(bot, images[s:s + batch_size], texts[s:s + batch_size], max_new_tokens, first_line)
+    return out
+
+
+@torch.no_grad()
 def evaluate(checkpoint: Path, split: Path, cfg: EvalConfig = EvalConfig(), out: Path | None = None,
              bot: ChatModel | None = None) -> dict:
     split = Path(split)
     bot = bot or ChatModel.load(checkpoint)
-    tok = bot.tokenizer
     items = read_split(split, cfg.limit)
+    asked = [bot.hint.ask_short(it["question"]) for it in items]  # as the shards asked VQA questions
+    images = [split_image_path(split, it["image"]) for it in items]
+    preds = answer_all(bot, images, asked, cfg.max_new_tokens, cfg.batch_size, first_line=True)
     correct, predictions = 0, []
-    for s in range(0, len(items), cfg.batch_size):
-        batch = items[s:s + cfg.batch_size]
-        asked = [bot.hint.ask_short(it["question"]) for it in batch]  # as the shards asked VQA questions
-        prompts = [build_prompt(bot, text, [], True) for text in asked]
-        width = max(map(len, prompts))  # left padding, so every prompt ends where generation starts
-        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        out_ids = bot.model.generate(
-            input_ids=ids.to(bot.model.device), attention_mask=mask.to(bot.model.device),
-            pixel_values=bot.pixel_values([split_image_path(split, it["image"]) for it in batch]),
-            max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        for it, text, o in zip(batch, asked, out_ids):
-            pred = cut_at_stop(tok.decode(o, skip_special_tokens=True), bot.template).split("\n")[0]
-            ok = normalize(pred) == normalize(it["answer"])
-            correct += ok
-            predictions.append({"id": it.get("id"), "question": it["question"], "instruction": text,
-                                "answer": it["answer"], "prediction": pred, "correct": bool(ok)})
+    for it, text, pred in zip(items, asked, preds):
+        ok = normalize(pred) == normalize(it["answer"])
+        correct += ok
+        predictions.append({"id": it.get("id"), "question": it["question"], "instruction": text,
+                            "answer": it["answer"], "prediction": pred, "correct": bool(ok)})
     metrics = {"accuracy": correct / max(1, len(items)), "n": len(items), "correct": correct,
                "checkpoint": str(checkpoint), "split": str(split), "vqa_hint": bot.hint.hint}
     if out is not None:

@@ -20,13 +20,13 @@ from common.files import atomic_folder, sha256_file
 from generators.config import GenerateConfig
 from generators.generator import sampling_of
 from generators.prompt_set import load_prompts
-from pipelines.demo import alpaca, noise, texts
+from pipelines.demo import alpaca, noise, suites, texts
 from pipelines.demo.generated import write_responses
 from pipelines.demo.scenes import SHAPES, Scene, coco_bbox, draw_scene, image_name, placements, sample_scene
 from pipelines.demo.texts import Pair, VQAItem
 from pipelines.recipe import DemoConfig
 
-GENERATOR_VERSION = 4  # 4: noise rows in the URL list (pipelines/demo/noise.py)
+GENERATOR_VERSION = 5  # 4: noise rows in the URL list (noise.py); 5: held-out suites (suites.py)
 MANIFEST = "demo_manifest.json"
 JPEG_QUALITY = 92
 LLAVA_FRACTION = 0.35  # share of training images that also get a LLaVA item
@@ -88,6 +88,9 @@ def _write_corpus(staging: Path, final_dir: Path, settings: DemoConfig,
         "instances": _write_instances(staging / "instances", train),
     }
     _write_eval_jsonl(staging / "heldout", heldout)
+    counts.update(suites.write_heldout_suites(staging / "heldout", heldout))
+    counts["choice_items"] = suites.write_choice_training(staging / "choice" / "choice_instruct.json", train,
+                                                          settings.seed)
     if generate is not None:
         truth = json.loads((staging / noise.GROUND_TRUTH).read_text(encoding="utf-8"))
         counts["generated_replies"] = write_responses(staging / "generate" / "responses.jsonl", train,

@@ -14,7 +14,7 @@ def write_summary(recipe: Recipe, results: dict[str, dict[str, Any]], wall_s: fl
         "run_dir": str(recipe.run_dir),
         "wall_s": round(wall_s, 1),
         "stages": results,  # one entry per step; the key keeps its name (summary.json already written)
-        "eval": {k: results.get("eval", {}).get(k) for k in ("accuracy", "n", "chat")},
+        "eval": {k: results.get("eval", {}).get(k) for k in ("accuracy", "n", "chat", "suites")},
     }
     write_json(recipe.run_dir / "summary.json", summary)
     return summary
@@ -33,7 +33,12 @@ def _row(name: str, result: dict[str, Any]) -> tuple[str, ...]:
                            for s, m in result.items() if isinstance(m, dict) and m.get("final_loss") is not None)
         return (name, "-", "-", "-", losses, _secs(result))
     if name == "eval":
-        return (name, str(result.get("n")), "-", "-", f"accuracy {result.get('accuracy', 0):.3f}", _secs(result))
+        notes = [f"accuracy {result['accuracy']:.3f}"] if result.get("accuracy") is not None else []
+        for suite, stages in (result.get("suites") or {}).items():
+            for stage, cell in stages.items():
+                notes.append(f"{suite}@{stage} " + (f"{cell['metric']} {cell['value']:.3f}" if "value" in cell
+                                                     else "could not run"))
+        return (name, str(result.get("n", "-")), "-", "-", ", ".join(notes), _secs(result))
     if name == "demo-data":
         counts = result.get("counts", {})
         notes = "images generated"
@@ -56,6 +61,8 @@ def summary_table(summary: dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     chat = summary["eval"].get("chat")
     if chat:
-        lines.append(f"chat ({chat['image']}): {chat['question']} -> {chat['answer']}")
+        verdict = "" if "correct" not in chat else (f"  [{'correct' if chat['correct'] else 'wrong'}: "
+                                                   f"{chat.get('why', '')}]")
+        lines.append(f"chat ({chat['image']}): {chat['question']} -> {chat['answer']}{verdict}")
     lines.append(f"total wall time {summary['wall_s']:.0f} s; summary in {summary['run_dir']}/summary.json")
     return "\n".join(lines)

@@ -1,6 +1,11 @@
-"""Step `eval`: accuracy of the last trained stage on the recipe's eval split, plus one greedy chat
-answer about its first image. Also where a command finds the checkpoint to use and checks that it
-loads (`checkpoint_to_use`, `load_checked`), for `vcla chat` and `vcla export` too."""
+"""Step `eval`: every stage checkpoint on the suites that fit it (`eval.suites`: captions after the
+first stage, the rest after the last; suites.py), the short-answer accuracy of the last stage on
+`eval.split`, and one greedy chat answer about the split's first image: a description, checked when a
+describe suite knows the image. Results: `eval/suites.json`, `eval/report.md` with a table per suite
+and a chart comparing stages, TensorBoard scalars (report.py), and the run's summary.
+
+Also where a command finds the checkpoint to use and checks that it loads (`checkpoint_to_use`,
+`load_checked`), for `vcla chat` and `vcla export` too."""
 
 from __future__ import annotations
 
@@ -37,16 +42,42 @@ def checkpoint_to_use(recipe: Recipe, given: str | Path | None) -> Path:
 
 
 def run(recipe: Recipe, options: EvalOptions) -> dict[str, Any]:
-    from training.chat import GREEDY, ChatModel, ImageError, chat  # torch: loaded only when evaluating
+    from training.chat import ChatModel
+
+    out_dir = recipe.run_dir / "eval"
+    summary: dict[str, Any] = {}
+    bots: dict[str, Any] = {}
+
+    def bot_for(checkpoint: Path) -> Any:
+        if str(checkpoint) not in bots:
+            bots.clear()  # one model in memory at a time
+            bots[str(checkpoint)] = load_checked("eval", checkpoint, ChatModel.load)
+        return bots[str(checkpoint)]
+
+    if recipe.eval.suites:
+        from pipelines.steps.evaluate.report import write_report
+        from pipelines.steps.evaluate.runner import run_suites
+
+        results = run_suites(recipe, options, bot_for, out_dir)
+        summary["suites"] = write_report(out_dir, results)
+    if recipe.eval.split is None:
+        if not recipe.eval.suites:
+            print("[eval] eval.split and eval.suites are not set; nothing to evaluate")
+            return {"skipped": "eval.split and eval.suites are not set"}
+        return summary
+    summary.update(_split_and_chat(recipe, checkpoint_to_use(recipe, options.checkpoint), bot_for))
+    return summary
+
+
+def _split_and_chat(recipe: Recipe, checkpoint: Path, bot_for: Callable[[Path], Any]) -> dict[str, Any]:
+    """Exact-match accuracy on `eval.split`, and the greedy description of its first image (checked
+    when a describe suite knows that image)."""
+    from training.chat import GREEDY, ImageError, chat
     from training.evaluate import evaluate, split_image_path
 
-    if recipe.eval.split is None:
-        print("[eval] eval.split is not set; nothing to evaluate")
-        return {"skipped": "eval.split is not set"}
     recipe.require_files("eval.split")
-    checkpoint = checkpoint_to_use(recipe, options.checkpoint)
     split = Path(recipe.eval.split)
-    bot = load_checked("eval", checkpoint, ChatModel.load)
+    bot = bot_for(checkpoint)
     try:
         metrics = evaluate(checkpoint, split, recipe.eval, out=recipe.run_dir / "eval", bot=bot)
         print(f"[eval] {checkpoint.name}: accuracy {metrics['accuracy']:.3f} on {metrics['n']} questions")
@@ -55,9 +86,27 @@ def run(recipe: Recipe, options: EvalOptions) -> dict[str, Any]:
     except (FileNotFoundError, ImageError) as e:  # an image the split names (the model is loaded)
         raise StepFailed(f"eval: {e}; fix eval.split's image paths (relative to the split's folder or the "
                          "one above it) or put the image there") from None
-    print(f"[eval] chat about {first['image']}: {DESCRIBE} -> {answer}")
-    return {"accuracy": metrics["accuracy"], "n": metrics["n"], "checkpoint": str(checkpoint),
-            "chat": {"image": first["image"], "question": DESCRIBE, "answer": answer}}
+    shown = {"image": first["image"], "question": DESCRIBE, "answer": answer}
+    verdict = _describe_verdict(recipe, first["image"], answer)
+    if verdict is not None:
+        shown["correct"], shown["why"] = verdict
+    said = "" if verdict is None else f"  [{'correct' if verdict[0] else 'wrong'}: {verdict[1]}]"
+    print(f"[eval] chat about {first['image']}: {DESCRIBE} -> {answer}{said}")
+    return {"accuracy": metrics["accuracy"], "n": metrics["n"], "checkpoint": str(checkpoint), "chat": shown}
+
+
+def _describe_verdict(recipe: Recipe, image: str, answer: str) -> tuple[bool, str] | None:
+    """The describe suites' check of `answer`, when one of them knows `image`."""
+    from pipelines.demo.describe import check_description
+
+    for suite in recipe.eval.suites.values():
+        if suite.kind != "describe" or not Path(suite.path).is_file():
+            continue
+        for line in Path(suite.path).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("image") == image:
+                return check_description(answer, row["shapes"])
+    return None
 
 
 def load_checked(command: str, checkpoint: Path, load: Callable[[Path], Any]) -> Any:
