@@ -86,6 +86,8 @@ def test_estimate_sends_and_writes_nothing_and_counts_what_the_run_then_sends(tm
                              out_dir)
     assert real.extra.get("strict_retries", 0) == 0 and real.kept == 16
     assert real.extra["requests"] == server.stats.requests == est["requests"]
+    assert real.extra["estimate_requests"] == est["requests"]  # the run's stats: the estimate beside the actual
+    assert real.extra["estimate_input_tokens"] == est["input_tokens"]
     if window == 2000:
         assert real.extra["memory_hits"] == est["cache_hits"]
         assert server.stats.segments == unique - len(KNOWN)

@@ -130,17 +130,24 @@ async def _translate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool
     (out_dir / DONE_FILE).unlink(missing_ok=True)
     stats = StepStats(STEP_NAME)
     digest = hashlib.sha256()
+    planned = Estimate()
     with TranslationMemory(Path(recipe.translator.memory_path)) as memory:
         _import_memory_files(memory, cfg, stats)
         translator = build_translator(cfg, memory)
+        planner = build_translator(cfg, memory, estimate_only=True)  # its own counters: the run's stay exact
         try:
             with RejectWriter(out_dir / "rejected", STEP_NAME, stats) as rejects:
                 for path in files:
                     digest.update(path.name.encode() + b"\0")
-                    await _translate_file(path, out_dir / "records" / path.name, translator, stats, rejects, digest)
+                    await _translate_file(path, out_dir / "records" / path.name, translator, stats, rejects, digest,
+                                          (planner, planned))
         finally:
             await translator.aclose()
+            await planner.aclose()
         stats.extra.update(translator.report())
+    # what --estimate would have said, beside what was sent and billed (the summary shows both)
+    stats.extra.update({f"estimate_{k}": v for k, v in planned.to_dict(cfg).items()
+                        if k in ("requests", "input_tokens", "output_tokens", "cost_usd")})
     pending = _retry_pending(stats.rejected, qa_reruns)
     write_json(out_dir / "stats.json", stats.to_dict())
     mark_done(out_dir, {"retry_pending": pending, "qa_reruns": qa_reruns, "qa_failed": _failures(stats.rejected)[1],
@@ -216,7 +223,7 @@ def _import_memory_files(memory: TranslationMemory, cfg: TranslatorConfig, stats
 
 async def _translate_file(
     path: Path, out_path: Path, translator: MemoryFirstTranslator, stats: StepStats, rejects: RejectWriter,
-    digest: Any,
+    digest: Any, planned: tuple[MemoryFirstTranslator, Estimate] | None = None,
 ) -> None:
     """Windows of records are translated with up to `WINDOWS_IN_FLIGHT` at once, so the requests
     of one window's slow tail overlap the next; they are written in input order (and fed to `digest`)."""
@@ -224,7 +231,7 @@ async def _translate_file(
     with atomic_open(out_path, "w", encoding="utf-8") as out, bar(count_lines(path), f"translate {path.stem}") as pb:
         try:
             for window in _windows(_read_records(path, stats, rejects), translator.config.window_records):
-                in_flight.append(asyncio.create_task(_translate_window(window, translator, stats, rejects)))
+                in_flight.append(asyncio.create_task(_translate_window(window, translator, stats, rejects, planned)))
                 if len(in_flight) >= WINDOWS_IN_FLIGHT:
                     pb.update(_write(await in_flight.popleft(), out, stats, digest))
             while in_flight:
@@ -281,10 +288,15 @@ def _read_records(path: Path, stats: StepStats, rejects: Rejects) -> Iterator[_I
 
 
 async def _translate_window(
-    window: list[_Item], translator: MemoryFirstTranslator, stats: StepStats, rejects: RejectWriter
+    window: list[_Item], translator: MemoryFirstTranslator, stats: StepStats, rejects: RejectWriter,
+    planned: tuple[MemoryFirstTranslator, Estimate] | None = None,
 ) -> list[_Item]:
-    """Translate a window in place; a rejected record is written to `rejects` and set to None."""
+    """Translate a window in place; a rejected record is written to `rejects` and set to None.
+    `planned` = (an estimate-only translator, its Estimate): what the window should send, counted
+    before it is sent."""
     todo, units = _units(window, translator.config, rejects)
+    if planned is not None:
+        planned[0].estimate(units, planned[1])
     results = await translator.translate(units)
     for it, res in zip(todo, results):
         if not all(r.ok for r in res):
