@@ -220,8 +220,10 @@ def test_kill_9_mid_run_then_rerun_gives_the_records_of_an_uninterrupted_run(tmp
 
 
 def test_demo_recipe_generates_offline_from_the_corpus_cache(tmp_path):
-    """`make demo`'s generate step: every request served by the corpus's replies, no endpoint, nothing
-    for held-out images."""
+    """`make demo`'s generate step, after its curate step: every request served by the corpus's replies,
+    no endpoint, nothing for held-out images. (Without curation, off-language and boilerplate captions
+    join their image's context, which the corpus wrote no reply for: they are the curate step's to drop.)"""
+    from pipelines.steps.curate.curate import run_curate
     from pipelines.steps.demo_data import STEP as DEMO
     from pipelines.steps.download.download import run_download
 
@@ -229,14 +231,15 @@ def test_demo_recipe_generates_offline_from_the_corpus_cache(tmp_path):
     recipe = load_recipe("recipes/demo.yaml", ["demo.num_images=40", "demo.vision_encoder=null"], run)
     DEMO.run(recipe, DEMO.make_options())
     run_download(recipe, run / "download")
-    stats = run_generate(recipe, run / "download", run / "generate")
+    run_curate(recipe, run / "download", run / "curate")
+    stats = run_generate(recipe, run / "curate", run / "generate")
     records, rejected = outputs(run)
     assert records and not rejected and stats.extra["requests"] == 0
     assert stats.extra["cache_hits"] == len(records)
     heldout = {json.loads(x)["image"].split("/")[-1]
                for x in (run / "demo-data" / "heldout" / "eval_zh.jsonl").read_text().splitlines()}
     urls = {}
-    for line in (run / "download" / "records" / "shapes-captions.jsonl").read_text().splitlines():
+    for line in (run / "curate" / "records" / "shapes-captions.jsonl").read_text().splitlines():
         row = json.loads(line)
         urls[row["image"]] = row["meta"]["image_url"].rsplit("/", 1)[-1]
     assert not {urls[r["image"]] for r in records} & heldout

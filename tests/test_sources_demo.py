@@ -26,14 +26,16 @@ def test_demo_recipe_sources_read_without_rejections(tiny_demo, tmp_path):
     by_source = {}
     with RejectWriter(tmp_path / "rejected", "read", stats) as rejects:
         for cfg in recipe.sources:
-            by_source[cfg.kind] = list(read_source(cfg, rejects))
+            by_source[cfg.name] = list(read_source(cfg, rejects))
     assert stats.rejected_total == 0, (tmp_path / "rejected" / "read.jsonl").read_text()[:2000]
-    assert len(by_source["url_list"]) == counts["captions"]
-    assert len(by_source["vqav2"]) == counts["vqa_questions"]
-    assert len(by_source["llava"]) == counts["llava_items"]
-    assert len(by_source["alpaca"]) == counts["text_items"]
-    assert {r.lang for r in by_source["alpaca"]} == {"zh"}
-    images = {r.image for kind in ("url_list", "vqav2", "llava") for r in by_source[kind]}
+    assert len(by_source["shapes-captions"]) == counts["captions"]
+    assert len(by_source["shapes-vqa"]) == counts["vqa_questions"]
+    assert len(by_source["shapes-llava"]) == counts["llava_items"]
+    assert len(by_source["shapes-choice"]) == counts["choice_items"]
+    assert len(by_source["zh-alpaca"]) == counts["text_items"]
+    assert {r.lang for r in by_source["zh-alpaca"]} == {"zh"} == {r.lang for r in by_source["shapes-choice"]}
+    images = {r.image for name in ("shapes-captions", "shapes-vqa", "shapes-llava", "shapes-choice")
+              for r in by_source[name]}
     for ref in images:
         path = url2pathname(urlparse(image_url(ref, roots)).path)
         assert os.path.isfile(path), ref
