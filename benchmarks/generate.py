@@ -179,7 +179,7 @@ def run_ours(download: Path, instances: Path, run_dir: Path, latency: float, fau
     from support.gen_server import GenServer
 
     from common.layout import DONE_FILE
-    from pipelines.steps.generate import run_generate
+    from pipelines.steps.generate.generate import run_generate
 
     extra: dict = {"timeout_s": FAULT_TIMEOUT_S} if faults else {}
     if window is not None:

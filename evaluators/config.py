@@ -1,11 +1,13 @@
-"""`eval.suites` in a recipe: named suites, each with its own file and kind, run on the stage
+"""`eval.suites` and `eval.judge` in a recipe: named suites, each with its own file and kind, run on the stage
 checkpoints that fit them (captions on the first stage, the rest on the last, unless `stages` says)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from llm.config import EndpointConfig
 
 SuiteKind = Literal["vqa", "caption", "choice", "describe", "judge"]
 
@@ -27,3 +29,14 @@ class SuiteConfig(BaseModel):
                                        "describe and judge")
     segmenter: Literal["auto", "chars", "whitespace"] = "auto"
     """caption: how references and predictions are split into tokens (auto: CJK characters, else words)."""
+
+
+class JudgeConfig(EndpointConfig):
+    """The `eval.judge` section: the judge's endpoint (fields of `llm.config.EndpointConfig`) and prompt."""
+
+    SECTION: ClassVar[str] = "judge"
+
+    prompt_version: str = Field("v1", description="the shipped prompt evaluators/prompts/judge_<version>.md")
+    cache_path: str = "${run_dir}/judge-cache.sqlite"
+    temperature: float | None = Field(0.0, ge=0, le=2, description="None: do not send")
+    max_tokens: int = Field(512, gt=0, description="cap on one verdict")

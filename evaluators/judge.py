@@ -28,13 +28,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import Field
-
+from evaluators.config import JudgeConfig
 from llm.cache import CacheKey, ResponseCache
 from llm.client import ChatClient
-from llm.config import EndpointConfig
 from llm.errors import RequestFailed
 from llm.estimate import Estimate, prompt_tokens
 from llm.usage import RequestLedger, Usage
@@ -54,17 +52,6 @@ MIN_SCORE, MAX_SCORE = 1, 10
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
-
-
-class JudgeConfig(EndpointConfig):
-    """The `eval.judge` section: the judge's endpoint (fields of `llm.config.EndpointConfig`) and prompt."""
-
-    SECTION: ClassVar[str] = "judge"
-
-    prompt_version: str = Field("v1", description="the shipped prompt evaluators/prompts/judge_<version>.md")
-    cache_path: str = "${run_dir}/judge-cache.sqlite"
-    temperature: float | None = Field(0.0, ge=0, le=2, description="None: do not send")
-    max_tokens: int = Field(512, gt=0, description="cap on one verdict")
 
 
 class JudgePromptError(ValueError):

@@ -3,7 +3,7 @@ context, through which endpoint (the endpoint fields come from `llm.config.Endpo
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -63,3 +63,11 @@ class GenerateConfig(EndpointConfig):
         if not self.kinds:
             raise ValueError("generate.kinds: name at least one of conversation, detail, reasoning")
         return self
+
+
+def sampling_of(config: GenerateConfig, strict_reason: str | None, index: int) -> dict[str, Any]:
+    """What besides the prompt and the context decides a reply: part of its cache key."""
+    c = config
+    return {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed, "language": c.language,
+            "context": c.context, "image_max_side": c.image_max_side if c.context != "annotations" else None,
+            "strict": strict_reason is not None, "n": index}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from generators.checks import Bounds, check_record, unsupported_objects
-from generators.config import GenerateConfig, Kind
+from generators.config import GenerateConfig, Kind, sampling_of
 from generators.context import Context
 from generators.objects import vocabulary
 from generators.prompt_set import PromptSet
@@ -190,14 +190,6 @@ class Generator:
             output = sum(text_tokens(reply) for _, reply in self.prompts.kinds[job.kind].examples)
             output //= max(1, len(self.prompts.kinds[job.kind].examples))
             estimate.add(prompt_tokens(messages), output, prefix)
-
-
-def sampling_of(config: GenerateConfig, strict_reason: str | None, index: int) -> dict[str, Any]:
-    """What besides the prompt and the context decides a reply: part of its cache key."""
-    c = config
-    return {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed, "language": c.language,
-            "context": c.context, "image_max_side": c.image_max_side if c.context != "annotations" else None,
-            "strict": strict_reason is not None, "n": index}
 
 
 def to_messages(turns: list[tuple[str, str]]) -> list[dict[str, str]]:

@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.env import check_env_name
 from curators.config import CurateConfig
 from generators.config import GenerateConfig
-from evaluators.config import SuiteConfig
-from evaluators.judge import JudgeConfig
+from evaluators.config import JudgeConfig, SuiteConfig
 from training.config import EvalConfig, ModelConfig, StageConfig
 from translators.config import TranslatorConfig
 

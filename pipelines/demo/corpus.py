@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.files import atomic_folder, sha256_file
-from generators.config import GenerateConfig
-from generators.generator import sampling_of
+from generators.config import GenerateConfig, sampling_of
 from generators.prompt_set import load_prompts
 from pipelines.demo import alpaca, noise, suites, texts
 from pipelines.demo.generated import write_responses

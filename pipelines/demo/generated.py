@@ -21,9 +21,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from generators.config import KINDS, GenerateConfig
+from generators.config import KINDS, GenerateConfig, sampling_of
 from generators.context import Box, Context, normalise_box
-from generators.generator import sampling_of
 from generators.prompt_set import load_prompts
 from pipelines.demo import texts
 from pipelines.demo.scenes import SHAPES, Scene, coco_bbox, image_name, placements

@@ -1,11 +1,28 @@
 """Step `generate`: Chinese conversation / detail / reasoning records from each image's annotations
 (generate.py), with the context per image gathered in contexts.py."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from pipelines.core.step import Step
-from pipelines.steps.generate.generate import GenerateOptions, run_generate
+from pipelines.recipe import Recipe
 
 
-def run(recipe, options: GenerateOptions) -> dict:
+@dataclass(frozen=True)
+class GenerateOptions:
+    estimate: bool = False
+    """Send nothing; print requests, tokens, cache hits, cost and time."""
+
+    @property
+    def partial(self) -> bool:
+        return self.estimate
+
+
+def run(recipe: Recipe, options: GenerateOptions) -> dict:
+    # imported here: the openai client takes ~0.5 s to import, and every `vcla` command loads the registry
+    from pipelines.steps.generate.generate import run_generate
+
     stats = run_generate(recipe, recipe.run_dir / "curate", recipe.run_dir / "generate", estimate=options.estimate)
     return stats.to_dict()
 
@@ -13,4 +30,4 @@ def run(recipe, options: GenerateOptions) -> dict:
 STEP = Step("generate", run, output=lambda r: r.run_dir / "generate", section=lambda r: r.generate,
             upstream="curate", module=__name__, options=GenerateOptions)
 
-__all__ = ["STEP", "GenerateOptions", "run_generate"]
+__all__ = ["STEP", "GenerateOptions"]

@@ -26,7 +26,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,16 +55,6 @@ STEP_NAME = "generate"
 WINDOWS_IN_FLIGHT = 2
 TRANSIENT = {"connection_error", "timeout"}
 """Request failures a later run may not meet (with the `http_<status>` codes `common.retry` retries)."""
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    estimate: bool = False
-    """Send nothing; print requests, tokens, cache hits, cost and time."""
-
-    @property
-    def partial(self) -> bool:
-        return self.estimate
 
 
 def run_generate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool = False) -> StepStats:
