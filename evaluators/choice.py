@@ -27,7 +27,8 @@ import re
 import sys
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,12 +60,22 @@ class ChoiceFileError(ValueError):
     """A TSV that cannot be read as MMBench's layout; the message names the file and line."""
 
 
+@contextmanager
+def _large_fields() -> Iterator[None]:
+    """csv's field limit raised for the read (base64 images are megabytes), then put back: the limit
+    is process-wide, and other readers (the url_list source) reject over-long fields by it."""
+    before = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
 def read_mmbench_tsv(path: Path | str, keep_copies: bool = False) -> list[ChoiceItem]:
     """The items of an MMBench TSV (module docstring), in file order; MMBench's stored circular
     copies (index >= 1,000,000) are dropped unless `keep_copies`."""
     path = Path(path)
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # base64 images are megabytes
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with _large_fields(), open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None:

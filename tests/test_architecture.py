@@ -110,3 +110,18 @@ def test_one_step_importing_another_breaks_independence(copy_of_the_code: Path) 
     result = lint_imports(copy_of_the_code)
     assert result.returncode == 1
     assert "Steps do not import each other" in result.stdout and "BROKEN" in result.stdout
+
+
+def test_fingerprints_cover_every_package_of_ours() -> None:
+    """A step's code fingerprint follows imports into every root package: one left out of `OURS` meant
+    that a change in it (llm/, generators/...) never made the steps using it run again."""
+    import tomllib
+
+    from pipelines.orchestration.fingerprint import OURS, code_files
+
+    roots = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
+    assert sorted(OURS) == sorted(roots)
+    generate = {f.relative_to(REPO).as_posix() for f in code_files("pipelines.steps.generate")}
+    assert {"llm/client.py", "llm/cache.py", "generators/generator.py", "generators/checks.py"} <= generate
+    curate = {f.relative_to(REPO).as_posix() for f in code_files("pipelines.steps.curate")}
+    assert {"curators/near_dups.py", "curators/text_rules.py"} <= curate

@@ -251,3 +251,16 @@ def test_circular_eval_of_given_results():
     assert out["by_category"]["a"] == {"n": 2, "circular_accuracy": 0.5, "vanilla_accuracy": 1.0}
     with pytest.raises(ValueError, match="have no results"):
         circular_eval({1: []})
+
+
+def test_reading_a_tsv_leaves_csvs_field_limit_as_it_was(tmp_path):
+    """The limit is process-wide: the url_list reader rejects over-long captions by it."""
+    import csv
+
+    from evaluators.choice import read_mmbench_tsv
+
+    path = tmp_path / "mc.tsv"
+    path.write_text("index\tquestion\tA\tB\tanswer\tcategory\n1\tq?\tx\ty\tA\tc\n", encoding="utf-8")
+    before = csv.field_size_limit()
+    assert len(read_mmbench_tsv(path)) == 1
+    assert csv.field_size_limit() == before

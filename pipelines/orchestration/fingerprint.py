@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from pipelines.core.step import Step
 from pipelines.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[2]
-OURS = ("common", "templates", "translators", "training", "pipelines")
+OURS = ("common", "llm", "templates", "translators", "generators", "curators", "evaluators", "training", "pipelines")
 """Top-level packages whose code counts (third-party code is pinned by constraints.txt)."""
 
 
@@ -65,12 +66,19 @@ def code_files(module: str) -> list[Path]:
     return sorted(seen)
 
 
+_PARSE = threading.Lock()
+"""`ast.parse` from several threads at once fails in CPython 3.11 ("AST constructor recursion depth
+mismatch"); steps compute fingerprints in the flows' threads."""
+
+
 @cache
 def _imported_files(path: Path) -> tuple[Path, ...]:
     """Our files that `path` imports, with the `__init__.py` of every package on the way (Python runs them)."""
     names: set[str] = set()
     package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    with _PARSE:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
