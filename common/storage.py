@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import re
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,14 +92,23 @@ def storage_error(err: BaseException, path: str | Path) -> StorageError | None:
     return out
 
 
+def open_wal(path: Path, schema: str, autocommit: bool = True) -> sqlite3.Connection:
+    """A SQLite file several threads and processes share: WAL (readers while one writes), synchronous
+    NORMAL (a committed row survives a killed process), `schema` applied. Call it inside
+    `sqlite_storage_errors`, so a full disk or a read-only folder is worded for the user."""
+    db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None if autocommit else "")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(schema)
+    return db
+
+
 @contextmanager
 def sqlite_storage_errors(path: Path, error: type[StorageError], subject: str, instead: str,
                           then: str) -> Iterator[None]:
     """Re-raise SQLite's full-disk / read-only / cannot-open errors (`SQLITE_STORAGE_ERRORS`) as
     `error`, worded by `storage_message` with "<subject> <path>"; other SQLite errors pass through.
     SQLite has rolled the unfinished transaction back by then: the file is not corrupt."""
-    import sqlite3
-
     try:
         yield
     except sqlite3.OperationalError as err:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,7 +54,7 @@ from transformers import (
 )
 
 from common.files import sha256_file
-from common.storage import StorageError, sqlite_storage_errors
+from common.storage import StorageError, open_wal, sqlite_storage_errors
 
 MODEL_TYPES = {
     "clip": (CLIPModel, CLIPProcessor, CLIPTokenizer, CLIPImageProcessorPil),
@@ -267,10 +266,7 @@ class ScoreCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _storage_errors(self.path):
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_wal(self.path, _SCHEMA)
         self._lock = threading.Lock()
 
     def __enter__(self) -> "ScoreCache":

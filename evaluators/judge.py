@@ -21,7 +21,6 @@ reason names (`http_500`, `timeout`, `too_long`...), not cached: the next run as
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -32,9 +31,11 @@ from typing import Any
 
 from evaluators.config import JudgeConfig
 from llm.cache import CacheKey, ResponseCache
+from llm.cached import cache_first
 from llm.client import ChatClient
 from llm.errors import RequestFailed
 from llm.estimate import Estimate, prompt_tokens
+from llm.together import all_in_order
 from llm.usage import RequestLedger, Usage
 
 SHIPPED = Path(__file__).parent / "prompts"
@@ -204,27 +205,19 @@ class Judge:
     async def _attempt(self, item: JudgeItem, strict_reason: str | None) -> JudgeVerdict:
         out = JudgeVerdict(item.id, item.category, None, None, "", cached=False)
         key = self.key(item, strict_reason)
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.ledger.count("cache_hits")
-            out.cached, out.usage, content = True, hit.usage, hit.content
-        elif self.client is None:
+        try:
+            got = await cache_first(self.cache, key, self.client, lambda: self.prompt.messages(item, strict_reason),
+                                    min(EXPECTED_REPLY_TOKENS, self.config.max_tokens), self.ledger,
+                                    max_tokens=self.config.max_tokens)
+        except RequestFailed as e:
+            out.error, out.detail, out.requests = e.reason, e.detail, 1
+            return out
+        if got.content is None:
             out.error, out.detail = "cache_miss", "no cached verdict for this item (no judge endpoint)"
             return out
-        else:
-            messages = self.prompt.messages(item, strict_reason)
-            try:
-                completion = await self.client.complete(
-                    messages, estimate=prompt_tokens(messages) + min(EXPECTED_REPLY_TOKENS, self.config.max_tokens),
-                    json=True, max_tokens=self.config.max_tokens)
-            except RequestFailed as e:
-                out.error, out.detail, out.requests = e.reason, e.detail, 1
-                return out
-            out.requests, out.usage = 1, completion.usage
-            content = completion.content or completion.reasoning or ""
-            self.cache.put(key, content, completion.usage)
+        out.cached, out.usage, out.requests = got.cached, got.usage, got.requests
         try:
-            out.reference_score, out.answer_score, out.reason = parse_verdict(content)
+            out.reference_score, out.answer_score, out.reason = parse_verdict(got.content)
         except VerdictError as e:
             out.error, out.detail = e.reason, e.detail
         return out
@@ -244,17 +237,7 @@ class Judge:
 async def judge_all(judge: Judge, items: list[JudgeItem]) -> list[JudgeVerdict]:
     """Every item at once (the client's limits decide how many are in flight), in item order. An
     `EndpointError` cancels the rest and is raised as itself."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(judge.score(item)) for item in items]
-    except BaseExceptionGroup as group:
-        raise _first(group) from None
-    return [t.result() for t in tasks]
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+    return await all_in_order(judge.score(item) for item in items)
 
 
 def relative_scores(verdicts: Iterable[JudgeVerdict]) -> dict[str, Any]:

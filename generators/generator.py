@@ -10,7 +10,6 @@ a miss is the rejection `cache_miss`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections import Counter
@@ -24,9 +23,11 @@ from generators.objects import vocabulary
 from generators.prompt_set import PromptSet
 from generators.reply import ReplyError, parse_reply
 from llm.cache import CacheKey, ResponseCache
+from llm.cached import cache_first
 from llm.client import ChatClient
 from llm.errors import RequestFailed
 from llm.estimate import Estimate, prompt_tokens, text_tokens
+from llm.together import all_in_order
 from llm.usage import RequestLedger, Usage
 
 log = logging.getLogger(__name__)
@@ -124,26 +125,17 @@ class Generator:
     async def _attempt(self, job: Job, strict_reason: str | None) -> Outcome:
         key = self.key(job, strict_reason)
         out = Outcome(job, None, prompt_id=self.prompts.prompt_id, context_hash=key.context_hash)
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.ledger.count("cache_hits")
-            out.cached, out.usage, content = 1, hit.usage, hit.content
-        elif self.client is None:
+        try:
+            got = await cache_first(self.cache, key, self.client, lambda: self.request(job, strict_reason),
+                                    self.config.max_tokens // 2, self.ledger, **self._extra())
+        except RequestFailed as e:
+            out.reason, out.detail, out.requests, out.request_failed = e.reason, e.detail, 1, True
+            return out
+        if got.content is None:
             out.reason, out.detail = "cache_miss", f"no cached reply for {job.kind} of this context (backend: cache)"
             return out
-        else:
-            messages = self.request(job, strict_reason)
-            try:
-                completion = await self.client.complete(
-                    messages, estimate=prompt_tokens(messages) + self.config.max_tokens // 2, json=True,
-                    **self._extra())
-            except RequestFailed as e:
-                out.reason, out.detail, out.requests, out.request_failed = e.reason, e.detail, 1, True
-                return out
-            out.requests, out.usage = 1, completion.usage
-            content = completion.content or completion.reasoning or ""  # some reasoning models answer there
-            self.cache.put(key, content, completion.usage)
-        self._read(out, content)
+        out.cached, out.usage, out.requests = int(got.cached), got.usage, got.requests
+        self._read(out, got.content)
         return out
 
     def _extra(self) -> dict[str, Any]:
@@ -202,16 +194,5 @@ def to_messages(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
 
 
 async def run_all(generator: Generator, jobs: list[Job]) -> list[Outcome]:
-    """Every job at once (the client's limits decide how many are in flight), in job order. An
-    `EndpointError` cancels the rest and is raised as itself."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(generator.run(j)) for j in jobs]
-    except BaseExceptionGroup as group:
-        raise _first(group) from None
-    return [t.result() for t in tasks]
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+    """Every job at once, in job order; an `EndpointError` cancels the rest (llm.together)."""
+    return await all_in_order(generator.run(j) for j in jobs)

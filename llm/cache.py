@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import sha256_file
-from common.storage import StorageError, sqlite_storage_errors
+from common.storage import StorageError, open_wal, sqlite_storage_errors
 from llm.usage import Usage
 
 _SCHEMA = """
@@ -89,10 +88,7 @@ class ResponseCache:
         self.section = section
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with storage_errors(self.path, section):
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_wal(self.path, _SCHEMA)
         self._lock = threading.Lock()
 
     def __enter__(self) -> "ResponseCache":

@@ -16,7 +16,6 @@ killed run keeps everything it had received.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.files import sha256_file, write_jsonl
-from common.storage import StorageError, sqlite_storage_errors
+from common.storage import StorageError, open_wal, sqlite_storage_errors
 from translators.placeholders import peel_edges
 from translators.protocol import Verdict
 
@@ -110,10 +109,7 @@ class TranslationMemory:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         with storage_errors(self.path):
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_wal(self.path, _SCHEMA, autocommit=False)
             self._db.commit()
 
     def close(self) -> None:

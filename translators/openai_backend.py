@@ -13,7 +13,6 @@ no API key needed; `estimate` packs and builds the same requests and counts thei
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 from llm.client import ChatClient
 from llm.errors import EndpointError
 from llm.estimate import Estimate, prompt_tokens, request_tokens, text_tokens
+from llm.together import all_in_order
 from translators.base import MemoryFirstTranslator, Missing
 from translators.batching import Reply, ReplyError, SegmentOutcome, decode_reply, encode_units, pack, send_with_split
 from translators.config import TranslatorConfig
@@ -65,12 +65,8 @@ class OpenAITranslator(MemoryFirstTranslator):
             await self.client.aclose()
 
     async def _translate_missing(self, groups: list[list[Missing]]) -> dict[str, SegmentResult]:
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._run_batch(batch)) for batch in self._batches(groups)]
-        except BaseExceptionGroup as group:
-            raise _first_cause(group) from None
-        return {key: result for t in tasks for key, result in t.result().items()}
+        done = await all_in_order(self._run_batch(batch) for batch in self._batches(groups))
+        return {key: result for results in done for key, result in results.items()}
 
     def _estimate_missing(self, groups: list[list[Missing]], estimate: Estimate) -> bool:
         """One request per batch, as `_translate_missing` packs them (first tries only: strict retries
@@ -152,7 +148,3 @@ def _texts(groups: list[list[Missing]]) -> list[list[str]]:
     return [[m.masked.text for m in g] for g in groups]
 
 
-def _first_cause(group: BaseExceptionGroup) -> BaseException:
-    """A TaskGroup wraps what its tasks raised; callers want the error itself (the first one)."""
-    first = group.exceptions[0]
-    return _first_cause(first) if isinstance(first, BaseExceptionGroup) else first

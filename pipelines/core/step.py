@@ -31,6 +31,19 @@ class NoOptions:
 
 
 @dataclass(frozen=True)
+class EstimateOptions:
+    """A step that calls an endpoint (translate, generate): `--estimate` sends nothing and prints what
+    the run would cost."""
+
+    estimate: bool = False
+    """Send nothing; print requests, tokens, cache or memory hits, cost and time."""
+
+    @property
+    def partial(self) -> bool:
+        return self.estimate
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     run: Callable[[Recipe, Any], dict[str, Any]]

@@ -50,7 +50,7 @@ from pipelines.core.completion import is_done, mark_done, step_storage_errors
 from pipelines.core.errors import StepFailed
 from pipelines.core.rejects import RejectWriter
 from pipelines.core.stats import StepStats
-from pipelines.core.step import Step
+from pipelines.core.step import EstimateOptions, Step
 from pipelines.recipe import Recipe
 from templates.schema import Record
 from translators.backends import build_translator
@@ -77,14 +77,7 @@ WINDOWS_IN_FLIGHT = 2
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
 
-@dataclass(frozen=True)
-class TranslateOptions:
-    estimate: bool = False
-    """Send nothing; print requests, tokens, memory hits, cost and time."""
-
-    @property
-    def partial(self) -> bool:
-        return self.estimate
+TranslateOptions = EstimateOptions
 
 
 @dataclass(slots=True)

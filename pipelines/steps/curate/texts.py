@@ -88,7 +88,7 @@ class TextJudge:
             else:
                 tv.flags.append(v.reason)
         elif v.normalised is not None and v.normalised != text:
-            tv.normalised = _normalise(record, self.caption_rules)
+            tv.normalised = _normalise(record)
             self.counts["normalised_to_simplified"] += 1
 
     def _duplicate_texts(self, records: list[Record], out: list[TextVerdict]) -> None:
@@ -113,7 +113,7 @@ def text_of(record: Record) -> str:
     return "\n".join(m["content"].replace(IMAGE_PLACEHOLDER, "").strip() for m in record.messages).strip()
 
 
-def _normalise(record: Record, rules: TextRules) -> list[dict[str, str]]:
+def _normalise(record: Record) -> list[dict[str, str]]:
     """Every message through the simplified-Chinese conversion."""
     from curators.text_rules import to_simplified
 

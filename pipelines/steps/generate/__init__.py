@@ -3,20 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pipelines.core.step import Step
+from pipelines.core.step import EstimateOptions, Step
 from pipelines.recipe import Recipe
 
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    estimate: bool = False
-    """Send nothing; print requests, tokens, cache hits, cost and time."""
-
-    @property
-    def partial(self) -> bool:
-        return self.estimate
+GenerateOptions = EstimateOptions
 
 
 def run(recipe: Recipe, options: GenerateOptions) -> dict:

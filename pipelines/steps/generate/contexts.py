@@ -19,10 +19,11 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from PIL import Image
 
+from common.image_refs import ImageRefError, parse_image_ref
 from generators.context import Context
 from pipelines.core.rejects import RejectWriter
 from pipelines.recipe import Recipe
@@ -119,12 +120,12 @@ def heldout_images(recipe: Recipe) -> set[str]:
 
 
 def _local_path(url: object) -> str | None:
-    if not isinstance(url, str):
+    """The resolved file a record's image URL names (a path or file:// URL), None for others."""
+    try:
+        ref = parse_image_ref(url)  # type: ignore[arg-type]
+    except ImageRefError:
         return None
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        return str(Path(unquote(parts.path)).resolve())
-    return str(Path(url).resolve()) if not parts.scheme else None
+    return str(Path(ref.path).resolve()) if ref.path else None
 
 
 def image_data_url(path: str, max_side: int) -> str:
