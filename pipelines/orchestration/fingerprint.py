@@ -3,16 +3,16 @@ recorded in the step folder to tell a finished step from a stale one.
 
 The code part is derived, not listed: the step's own module (or its whole folder, for a step that
 is a package) and every module of ours that those import, directly or through others (function-level
-imports included), read from the source with `ast`. Adding an import adds the file; nothing is kept
+imports included), read from the source's tokens. Adding an import adds the file; nothing is kept
 by hand.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import io
 import json
-import threading
+import tokenize
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -66,28 +66,11 @@ def code_files(module: str) -> list[Path]:
     return sorted(seen)
 
 
-_PARSE = threading.Lock()
-"""`ast.parse` from several threads at once fails in CPython 3.11 ("AST constructor recursion depth
-mismatch"); steps compute fingerprints in the flows' threads."""
-
-
 @cache
 def _imported_files(path: Path) -> tuple[Path, ...]:
     """Our files that `path` imports, with the `__init__.py` of every package on the way (Python runs them)."""
-    names: set[str] = set()
     package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    with _PARSE:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(p for p in [*parts, base] if p)
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+    names = _imported_names(path.read_text(encoding="utf-8"), package)
     files = set()
     for name in names:
         parts = name.split(".")
@@ -97,6 +80,50 @@ def _imported_files(path: Path) -> tuple[Path, ...]:
             if (f := _file_of(".".join(parts[:i]))) is not None:
                 files.add(f)
     return tuple(sorted(files))
+
+
+def _imported_names(source: str, package: str) -> set[str]:
+    """Every module an `import` or `from ... import` statement of `source` names (function-level ones
+    too), read from its tokens. Not `ast.parse`: in CPython 3.11 converting a tree fails now and then
+    ("AST constructor recursion depth mismatch") while another thread runs, and steps compute their
+    fingerprints in the flows' threads (seen in a served flow run)."""
+    names: set[str] = set()
+    for line in _logical_lines(source):
+        if line[:1] == ["import"]:
+            names.update(part.split(" as ")[0] for part in " ".join(line[1:]).replace(" . ", ".").split(" , "))
+        elif line[:1] == ["from"] and "import" in line:
+            at = line.index("import")
+            dotted = "".join(line[1:at])  # "..pkg.mod": the dots before the name are the relative level
+            module = dotted.lstrip(".")
+            level = len(dotted) - len(module)
+            base = module
+            if level:
+                parts = package.split(".")[: len(package.split(".")) - level + 1]
+                base = ".".join(p for p in [*parts, module] if p)
+            names.add(base)
+            imported = [t for t in line[at + 1:] if t not in ("(", ")", ",")]
+            skip = False
+            for t in imported:
+                if skip:
+                    skip = False
+                elif t == "as":
+                    skip = True
+                else:
+                    names.add(f"{base}.{t}")  # `from pkg import module`
+    return {n.strip() for n in names if n.strip()}
+
+
+def _logical_lines(source: str) -> list[list[str]]:
+    """The token strings of each logical line, indentation left out."""
+    lines, current = [], []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            if current:
+                lines.append(current)
+            current = []
+        elif tok.type not in (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
+            current.append(tok.string)
+    return lines
 
 
 def _file_of(module: str) -> Path | None:
