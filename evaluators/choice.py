@@ -16,8 +16,12 @@ dropped by default (`rotations` makes its own) and such image references are res
 
 The reply is read by `extract_choice`: a leading letter in the usual forms ("B", "B.", "(B)", "B、",
 "选B", "答案是B", "答案：B", "Answer: B"), else the one option whose text the reply contains, else
-nothing (wrong). `prompt_for` asks in Chinese, the format LLaVA uses for MMBench-CN: the hint, the
-question, the options one per line ("A. text"), then "请直接回答选项字母。".
+nothing (wrong), as VLMEvalKit's `can_infer` matches a reply to an option before it asks an LLM.
+`prompt_for` asks in Chinese, the format LLaVA uses for MMBench-CN: the hint, the question, the options
+one per line ("A. text"), then "请直接回答选项字母。" ("answer with the option's letter directly");
+`answer_with="option"` ends with "请直接回答正确选项的内容。" instead ("answer with the right option's
+text"), for a model too small to map an option's text to its letter (the demo's: measured in NOTES.md).
+Either reply is scored the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ COPY_STRIDE = 1_000_000
 """MMBench's circular copies are numbered index + k x COPY_STRIDE."""
 REQUIRED = ("index", "question", "answer", "A", "B")
 LETTERS = "ABCDEFGHIJ"
-ANSWER_NOW = "请直接回答选项字母。"
+ANSWER_WITH = {"letter": "请直接回答选项字母。", "option": "请直接回答正确选项的内容。"}
+"""The prompt's last line per `answer_with`."""
 _EMPTY = {"", "nan", "NaN", "NAN"}
 
 
@@ -184,13 +189,15 @@ def _by_text(text: str, options: list[tuple[str, str]]) -> str | None:
     return found[0][0] if len(found) == 1 else None
 
 
-def prompt_for(item: ChoiceItem) -> str:
+def prompt_for(item: ChoiceItem, answer_with: str = "letter") -> str:
     """The question as the model is asked it: the hint (if any), the question, "A. text" per option,
-    then "请直接回答选项字母。" ("answer with the option's letter directly"), one per line."""
+    then what to answer with (`ANSWER_WITH`: the letter, or the option's text), one per line."""
+    if answer_with not in ANSWER_WITH:
+        raise ValueError(f"prompt_for: answer_with must be one of {sorted(ANSWER_WITH)}, not {answer_with!r}")
     lines = [item.hint] if item.hint else []
     lines.append(item.question)
     lines += [f"{letter}. {text}" for letter, text in item.options]
-    lines.append(ANSWER_NOW)
+    lines.append(ANSWER_WITH[answer_with])
     return "\n".join(lines)
 
 

@@ -27,6 +27,9 @@ class SuiteConfig(BaseModel):
     limit: int | None = Field(None, gt=0, description="the first N items only")
     max_new_tokens: int | None = Field(None, gt=0, description="default: eval.max_new_tokens, 96 for caption, "
                                        "describe and judge")
+    answer_with: Literal["letter", "option"] = "letter"
+    """choice: what the prompt asks for, the option's letter (MMBench's prompt) or its text; a reply is scored the
+    same either way (a leading letter, else the one option whose text it contains)."""
     segmenter: Literal["auto", "chars", "whitespace"] = "auto"
     """caption: how references and predictions are split into tokens (auto: CJK characters, else words)."""
 

@@ -226,6 +226,19 @@ def test_prompt_for():
     hinted = ChoiceItem(1, "选哪个？", "看图。", [("A", "一"), ("B", "二")], "A", "", None)
     assert prompt_for(hinted) == "看图。\n选哪个？\nA. 一\nB. 二\n请直接回答选项字母。"
     assert prompt_for(ITEM) == "哪个是红色？\nA. 苹果\nB. 香蕉\nC. 葡萄\n请直接回答选项字母。"
+    assert prompt_for(ITEM, "option") == "哪个是红色？\nA. 苹果\nB. 香蕉\nC. 葡萄\n请直接回答正确选项的内容。"
+    with pytest.raises(ValueError, match="answer_with must be one of"):
+        prompt_for(ITEM, "text")
+
+
+def test_answers_with_the_option_text_score_circular_like_letters():
+    """Asked for the option's text, a reply naming the right text is right in every rotation; one that
+    names the text standing at letter A is right only where the answer moved there."""
+    right_text = dict(ITEM.options)[ITEM.answer]
+    by_text = score_circular([ITEM], lambda rot: f"{right_text}。")
+    assert by_text["circular_accuracy"] == 1.0
+    first = score_circular([ITEM], lambda rot: rot.options[0][1])
+    assert first["circular_accuracy"] == 0.0
 
 
 def test_circular_eval_catches_a_model_that_always_says_a():

@@ -25,7 +25,7 @@ from pipelines.demo.scenes import SHAPES, Scene, coco_bbox, draw_scene, image_na
 from pipelines.demo.texts import Pair, VQAItem
 from pipelines.recipe import DemoConfig
 
-GENERATOR_VERSION = 5  # 4: noise rows in the URL list (noise.py); 5: held-out suites (suites.py)
+GENERATOR_VERSION = 6  # 4: noise rows in the URL list (noise.py); 5: held-out suites (suites.py); 6: choice answers by text
 MANIFEST = "demo_manifest.json"
 JPEG_QUALITY = 92
 LLAVA_FRACTION = 0.35  # share of training images that also get a LLaVA item

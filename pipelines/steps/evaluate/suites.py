@@ -90,7 +90,7 @@ def _choice(cfg: SuiteConfig, path: Path, bot: Any, recipe: Any) -> tuple[dict, 
 
     items = read_mmbench_tsv(path)[: cfg.limit]
     flat = [rot for item in items for rot in rotations(item)]
-    preds = _answers(bot, [base64.b64decode(r.image_b64) for r in flat], [prompt_for(r) for r in flat], cfg,
+    preds = _answers(bot, [base64.b64decode(r.image_b64) for r in flat], [prompt_for(r, cfg.answer_with) for r in flat], cfg,
                      recipe, recipe.eval.max_new_tokens, first_line=True)
     replies = {(r.index, tuple(r.options)): p for r, p in zip(flat, preds)}  # asked in one batched pass
     metrics = score_circular(items, lambda rot: replies[(rot.index, tuple(rot.options))])
