@@ -78,7 +78,7 @@ def base_parts(base: Path):
 
 def llava_baseline(shards: Path, base: Path) -> dict:
     """The same model as a LlavaForConditionalGeneration, plain padding, a hand loop."""
-    from training.data import encode_turns, read_unit, shard_units, subset_files
+    from training.data import encode_turns, read_unit, row_images_bytes, shard_units, subset_files
     from training.export import to_llava
 
     tok, ours, collator = base_parts(base)
@@ -93,9 +93,9 @@ def llava_baseline(shards: Path, base: Path) -> dict:
         chunk = rows[(step * BATCH) % len(rows):][:BATCH]
         examples = []
         for r in chunk:
-            img = r["image"] is not None
-            enc = encode_turns(tok, r["turns"], image=img, num_image_tokens=n, max_length=256)
-            examples.append({"input_ids": enc.input_ids, "labels": enc.labels, **({"image": r["image"]["bytes"]} if img else {})})
+            images = row_images_bytes(r)
+            enc = encode_turns(tok, r["turns"], images=len(images), num_image_tokens=n)
+            examples.append({"input_ids": enc.input_ids, "labels": enc.labels, **({"images": images} if images else {})})
         batch = collator(examples)
         stats = batch.pop("padding_stats")
         if "pixel_values" not in batch:

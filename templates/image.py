@@ -2,9 +2,11 @@
 
 The convention (one for every template and both stages):
 
-* A rendered prompt holds the image as exactly one **image block**, the literal string
-  `IMAGE_BLOCK` = ``<img><image></img>``, in the first turn's prompt. Templates differ only in
-  where that block sits and what follows it (VisualCLA: first instruction, then ``\\n``).
+* A rendered prompt holds each image as one **image block**, the literal string
+  `IMAGE_BLOCK` = ``<img><image></img>``: a one-image conversation in the first turn's prompt
+  (templates differ only in where that block sits and what follows it; VisualCLA: first
+  instruction, then ``\\n``), several images where the record's ``<image>`` markers stood, in any
+  user turn. The k-th block in text order is the row's k-th image.
 * The trainer calls `expand_image_block(text, n)`, which replaces the block with
   ``<img>`` + n x ``<img_token>`` + ``</img>`` (n = number of connector outputs, e.g. the
   resampler's queries). The n `<img_token>` embeddings are then overwritten by the projected
@@ -49,6 +51,22 @@ def expand_image_block(text: str, num_tokens: int, expected: int | None = 1) -> 
     if expected is not None and found != expected:
         raise ValueError(f"expected {expected} image block(s) {IMAGE_BLOCK!r} in the text, found {found}")
     return text.replace(IMAGE_BLOCK, image_tokens(num_tokens))
+
+
+def inline_images(text: str, n: int) -> str:
+    """`text` with `n` image blocks where they go: at its `<image>` markers if it has exactly `n`, else
+    (no marker) each block on a line of its own before the text, as LLaVA writes `<image>\\n`."""
+    markers = text.count(IMAGE_PLACEHOLDER)
+    if markers == n:
+        return text.replace(IMAGE_PLACEHOLDER, IMAGE_BLOCK)
+    if markers:
+        raise ValueError(f"{markers} {IMAGE_PLACEHOLDER} marker(s) in the text for {n} image(s)")
+    return (IMAGE_BLOCK + "\n") * n + text
+
+
+def count_image_blocks(text: str) -> int:
+    """How many image blocks `text` holds (one per image, in order)."""
+    return text.count(IMAGE_BLOCK)
 
 
 def find_reserved(text: str) -> str | None:

@@ -1,7 +1,9 @@
 """From a record's messages to the (instruction, answer) pairs a template renders.
 
-* The ``<image>`` marker is taken out of the text (the template places the image block); it may
-  appear at most once, only in the first user message, and only if the record has an image.
+* One image whose ``<image>`` leads the first user message (or that has no marker): the marker is
+  taken out of the text and the template places the image block (`image_placement` "slot").
+  Several images, or one asked about in a later turn: every ``<image>`` becomes an image block
+  where it stands ("inline"). Markers stand in user messages only and number the images exactly.
 * A short VQA answer gets a hint appended to its question ("请用一个词或短语回答。"), as LLaVA-1.5
   does in English, so the model learns when a one-word answer is wanted.
 * OCR items (``meta.kind == "ocr"``) keep their text verbatim: nothing is stripped or
@@ -15,11 +17,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from templates.image import find_reserved
-from templates.schema import IMAGE_PLACEHOLDER, Message, Record
+from typing import Literal
+
+from templates.image import IMAGE_BLOCK, find_reserved
+from templates.schema import IMAGE_PLACEHOLDER, Message, Record, images_of
 
 _MARKER = re.escape(IMAGE_PLACEHOLDER)
 _MARKER_WITH_NEWLINE = re.compile(f"{_MARKER}\n|\n{_MARKER}|{_MARKER}")
+_INLINE = "\ue000"
+"""Stands for an inline image while the text is cleaned and checked (a private-use character)."""
+Placement = Literal["none", "slot", "inline"]
 """The marker and the one line break that set it apart (LLaVA writes "<image>\\nQ" or "Q\\n<image>")."""
 
 
@@ -70,14 +77,26 @@ def is_ocr(record: Record) -> bool:
     return record.meta.get("kind") == "ocr"
 
 
+def image_placement(record: Record) -> Placement:
+    """Where a record's images go: none, the template's slot in the first prompt (one image led by
+    its marker in the first user message, or unmarked), or inline at each `<image>` marker."""
+    images = len(images_of(record))
+    if images == 0:
+        return "none"
+    later = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in record.messages[1:])
+    return "slot" if images == 1 and later == 0 else "inline"
+
+
 def instruction_pairs(record: Record, policy: HintPolicy = HintPolicy()) -> list[tuple[str, str]]:
-    """The record's conversation as (instruction, answer) pairs, ready for a template."""
+    """The record's conversation as (instruction, answer) pairs, ready for a template (inline images
+    as image blocks in the instructions; see `image_placement`)."""
     _check_roles(record.messages)
     _check_marker(record)
     verbatim = is_ocr(record)
+    inline = image_placement(record) == "inline"
     pairs = []
     for i in range(0, len(record.messages), 2):
-        question = _clean(record.messages[i]["content"], verbatim)
+        question = _clean(record.messages[i]["content"], verbatim, inline)
         answer = _clean(record.messages[i + 1]["content"], verbatim)
         if not answer.strip():
             raise InstructionError("empty_turn", f"message {i + 1} (assistant) is empty")
@@ -98,9 +117,11 @@ def caption_of(record: Record) -> str:
 
 
 def sharegpt_messages(pairs: list[tuple[str, str]], image: bool) -> list[Message]:
-    """Pairs as role/content messages, ``<image>`` leading the first user turn (LLaMA-Factory)."""
+    """Pairs as role/content messages, ``<image>`` leading the first user turn (LLaMA-Factory) for a
+    slot image (`image`), and standing where its block stands for inline images."""
     out: list[Message] = []
     for i, (question, answer) in enumerate(pairs):
+        question = question.replace(IMAGE_BLOCK, IMAGE_PLACEHOLDER)
         if i == 0 and image:
             question = IMAGE_PLACEHOLDER + ("\n" + question if question else "")
         out.append(Message(role="user", content=question))
@@ -118,23 +139,33 @@ def _check_roles(messages: list[Message]) -> None:
 
 
 def _check_marker(record: Record) -> None:
+    """Markers in user messages only; exactly one per image (one image may also go unmarked)."""
     where = [i for i, m in enumerate(record.messages) for _ in range(m["content"].count(IMAGE_PLACEHOLDER))]
-    if where and record.image is None:
+    images = len(images_of(record))
+    if where and images == 0:
         raise InstructionError("image_marker_without_image", f"{IMAGE_PLACEHOLDER} in message {where[0]}")
-    if len(where) > 1:
-        raise InstructionError("image_marker_count", f"{len(where)} {IMAGE_PLACEHOLDER} markers for one image")
-    if where and where[0] != 0:
-        raise InstructionError("image_marker_position", f"{IMAGE_PLACEHOLDER} in message {where[0]}, not the first")
+    if where and len(where) != images or (images > 1 and not where):
+        raise InstructionError("image_marker_count", f"{len(where)} {IMAGE_PLACEHOLDER} markers for {images} image(s)")
+    answers = [i for i in where if i % 2]
+    if answers:
+        raise InstructionError("image_marker_position", f"{IMAGE_PLACEHOLDER} in message {answers[0]}, an answer")
 
 
-def _clean(content: str, verbatim: bool) -> str:
-    text = _MARKER_WITH_NEWLINE.sub("", content, count=1) if verbatim else content.replace(IMAGE_PLACEHOLDER, "")
+def _clean(content: str, verbatim: bool, inline: bool = False) -> str:
+    if _INLINE in content:
+        raise InstructionError("reserved_token", "the text contains U+E000 (private use; it stands for an image here)")
+    if inline:  # each marker becomes an image block where it stands; the text around it is kept
+        text = content.replace(IMAGE_PLACEHOLDER, _INLINE)
+    elif verbatim:
+        text = _MARKER_WITH_NEWLINE.sub("", content, count=1)
+    else:
+        text = content.replace(IMAGE_PLACEHOLDER, "")
     if not verbatim:
         text = text.strip()
     reserved = find_reserved(text)
     if reserved is not None:
         raise InstructionError("reserved_token", f"the text contains {reserved!r}")
-    return text
+    return text.replace(_INLINE, IMAGE_BLOCK)
 
 
 def _with_hint(question: str, answer: str, policy: HintPolicy) -> str:

@@ -13,12 +13,19 @@ A row is a `Record` after rendering (DESIGN.md, "Records and rows"):
 | `turns`       | list<{prompt, response}>            | rendered; prompts are masked from the loss             |
 | `messages`    | list<{role, content}>               | the instructions before templating, `<image>` leading the first user turn (LLaMA-Factory's sharegpt view) |
 | `messages_en` | list<{role, content}> or null       | the English original                                   |
-| `image`       | {bytes, path} or null               | HF `Image` struct, JPEG/PNG bytes embedded             |
+| `image`       | {bytes, path} or null               | HF `Image` struct, JPEG/PNG bytes embedded: the image of a one-image row |
+| `images`      | list<{bytes, path}> or null         | HF `List(Image)`: the images of a row with several, in the order of their image blocks |
 | `lineage`     | struct (below)                      | where the row came from                                |
 | `meta`        | string (JSON)                       | the record's free-form source fields                   |
 
-`lineage`: `original_id`, `image_url`, `image_sha256` (of the embedded bytes), `translator_model`,
-`prompt_version`, `qa` (JSON of the QA verdicts). Absent values are null.
+A row has at most one of `image` and `images`: one-image rows (every 2023 recipe) keep the single
+`Image` column that LLaMA-Factory and earlier readers know, rows with several images hold them in
+`images` (so no image is stored twice); `row_images` reads either. Shards written before `images`
+existed have no such column and read the same.
+
+`lineage`: `original_id`, `image_url`, `image_sha256` (of the embedded bytes; comma-separated, in
+order, for several images), `translator_model`, `prompt_version`, `qa` (JSON of the QA verdicts).
+Absent values are null.
 
 The schema is written by hand (pyarrow only) so that importing `templates` stays cheap;
 `row_features()` builds the `datasets.Features` from the same description and a test checks
@@ -54,11 +61,13 @@ HF_FEATURES: dict[str, Any] = {
     "messages": {"feature": _MESSAGE, "_type": "List"},
     "messages_en": {"feature": _MESSAGE, "_type": "List"},
     "image": {"_type": "Image"},
+    "images": {"feature": {"_type": "Image"}, "_type": "List"},
     "lineage": {name: _STR for name in LINEAGE_FIELDS},
     "meta": _STR,
 }
 """`datasets.Features.to_dict()` form of a row (what goes into the Parquet metadata)."""
 
+_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 ROW_SCHEMA = pa.schema(
     [
@@ -71,7 +80,8 @@ ROW_SCHEMA = pa.schema(
         ("turns", pa.list_(pa.struct([("prompt", pa.string()), ("response", pa.string())]))),
         ("messages", _MESSAGE_TYPE),
         ("messages_en", _MESSAGE_TYPE),
-        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("image", _IMAGE_TYPE),
+        ("images", pa.list_(_IMAGE_TYPE)),
         ("lineage", pa.struct([(name, pa.string()) for name in LINEAGE_FIELDS])),
         ("meta", pa.string()),
     ],
@@ -91,6 +101,8 @@ def yaml_features(features: dict[str, Any] = HF_FEATURES) -> list[dict[str, Any]
             out.append({"name": name, "dtype": feature["dtype"]})
         elif kind == "Image":
             out.append({"name": name, "dtype": "image"})
+        elif kind == "List" and feature["feature"].get("_type") == "Image":
+            out.append({"name": name, "list": "image"})
         elif kind == "List":
             out.append({"name": name, "list": yaml_features(feature["feature"])})
         elif kind is None:
@@ -105,3 +117,13 @@ def row_features():
     from datasets import Features
 
     return Features.from_dict(HF_FEATURES)
+
+
+def row_images(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `{bytes, path}` images of a shard row, in order: its `images`, else its `image` (rows of
+    shards written before `images` existed have only `image`)."""
+    many = row.get("images")
+    if many:
+        return [im for im in many if im is not None and im.get("bytes") is not None]
+    one = row.get("image")
+    return [one] if one is not None and one.get("bytes") is not None else []

@@ -38,8 +38,9 @@ class Record:
     source: str
     task: Task
     messages: list[Message]
-    image: str | None = None
-    """URL, local path or img2dataset key of the image; None for text-only records."""
+    image: str | list[str] | None = None
+    """URL, local path or img2dataset key of the image; a list for several images (in the order of
+    their `<image>` markers); None for text-only records. `images_of` gives a list either way."""
     lang: str = "en"
     """Language of `messages`. Translation skips records already in the target language."""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -57,3 +58,10 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Record":
         return cls(**data)
+
+
+def images_of(record: Record) -> list[str]:
+    """The record's image references as a list (empty for text-only records)."""
+    if record.image is None:
+        return []
+    return list(record.image) if isinstance(record.image, list) else [record.image]

@@ -10,8 +10,15 @@ concatenation ``prompt_1 + response_1 + prompt_2 + response_2 + ...``:
 * ``prompt_i`` (i > 1) = the text that closes the previous answer (`answer_close`) + the
   instruction of turn i, so the closing of a past answer is masked with the prompts;
 * ``response_i`` = the answer as the model writes it after its prompt (some templates put a
-  space first). The trainer appends the tokenizer's EOS after the last response and trains on
-  responses (+ EOS) only; the tokenizer's BOS precedes ``prompt_1``. Neither is in the text.
+  space first; chat formats such as ChatML and Llama-3 end it with their end-of-turn token, which
+  is trained and is the template's `stop`). The trainer appends the tokenizer's EOS after the last
+  response when the template says so (`eos`) and trains on responses (+ EOS) only; the
+  tokenizer's BOS precedes ``prompt_1``. Neither is in the text.
+
+Images: the ``{image}`` slot of the first prompt takes the image of a one-image conversation whose
+``<image>`` led the first user message (every 2023 recipe); several images, or an image asked about
+in a later turn, stand as image blocks inline in the instruction text where the record put them
+(`templates.instructions`). Either way the blocks, in text order, are the row's images in order.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
-from templates.image import IMAGE_BLOCK
+from templates.image import IMAGE_BLOCK, count_image_blocks
 
 
 class Turn(TypedDict):
@@ -51,6 +58,11 @@ class Template:
     """Text after the image block in ``{image}``; None: this template cannot place an image."""
     stop: str = ""
     """String that ends generation besides EOS (empty: EOS only)."""
+    eos: bool = True
+    """The tokenizer's EOS closes the conversation (trained). False where `response` ends with the
+    template's own end-of-turn token (ChatML's `<|im_end|>`, Llama-3's `<|eot_id|>`)."""
+    special_tokens: tuple[str, ...] = ()
+    """Control tokens of the format; a real chat tokenizer has them, a tokenizer built here adds them."""
     description: str = ""
 
     @property
@@ -69,9 +81,13 @@ class Template:
 
 
 def render_turns(template: Template, pairs: Sequence[tuple[str, str]], *, image: bool) -> list[Turn]:
-    """Render (instruction, answer) pairs; the image block goes into the first prompt."""
+    """Render (instruction, answer) pairs; `image`: an image block goes into the first prompt's slot.
+    Image blocks already inline in the instructions stay where they are (several images)."""
     if not pairs:
         raise TemplateError("a conversation needs at least one (instruction, answer) pair")
+    inline = sum(count_image_blocks(q) for q, _ in pairs)
+    if inline and not template.supports_image:
+        raise TemplateError(f"template {template.name!r} has no place for an image (use e.g. 'visualcla')")
     turns: list[Turn] = []
     for i, (instruction, answer) in enumerate(pairs):
         if i == 0:

@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from templates.image import IMAGE_BLOCK, IMG_END, IMG_START, IMG_TOKEN
+from templates.image import IMAGE_BLOCK, IMG_END, IMG_START, IMG_TOKEN, inline_images
 from templates.registry import get_template
 from templates.template import chat_prompt
 from training.config import ModelConfig, StageConfig
@@ -153,9 +153,10 @@ def test_chat_template_writes_our_prompt_text_for_every_image_template(trained, 
         assert rendered == tok.bos_token + ours.replace(IMAGE_BLOCK, IMG_START + IMG_TOKEN + IMG_END), name
     text_only = processor.apply_chat_template([{"role": "user", "content": "你好"}])
     assert text_only == tok.bos_token + chat_prompt(get_template("visualcla"), [], "你好", image=False)
-    with pytest.raises(Exception, match="one image"):
-        processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                                                    {"type": "text", "text": "x"}]}])
+    two = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                                      {"type": "text", "text": "x"}]}])
+    inline = chat_prompt(get_template("visualcla"), [], inline_images("x", 2), image=False)  # as training.chat
+    assert two == tok.bos_token + inline.replace(IMAGE_BLOCK, IMG_START + IMG_TOKEN + IMG_END) and two.count(IMG_TOKEN) == 2
     n = json.loads((out / "config.json").read_text())["image_seq_length"]
     ids = processor(text=processor.apply_chat_template(messages), images=[image()])["input_ids"][0]
     assert list(ids).count(processor.image_token_id) == n

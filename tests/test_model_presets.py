@@ -138,3 +138,36 @@ def test_resampler_query_tokens_are_not_all_the_same():
     assert out.shape == (2, 8, 32)
     assert torch.all(resampler.queries == 0)  # zero-initialised, as in the release
     assert (out[:, 0] - out[:, 1]).abs().max() > 1e-3  # but each slot has its own position
+
+
+def siglip_so400m() -> int:  # SigLIP so400m/14 at 384 px: 729 patches, no CLS, biases everywhere, no pooling head
+    h, i, layers, patches = 1152, 4304, 27, (384 // 14) ** 2
+    embeddings = (3 * 14 * 14 * h + h) + patches * h
+    layer = 2 * 2 * h + 4 * (h * h + h) + (h * i + i) + (i * h + h)
+    return embeddings + layers * layer + 2 * h  # post-LN
+
+
+def qwen25_7b(vocab: int) -> int:  # 28 layers, 3584 wide, GQA with 4 KV heads of 128, q/k/v biases, untied head
+    h, i, layers, kv = 3584, 18944, 28, 4 * 128
+    attention = (h * h + h) + 2 * (h * kv + kv) + h * h
+    return 2 * vocab * h + layers * (attention + 3 * h * i + 2 * h) + h
+
+
+def test_siglip_qwen25_7b(tmp_path):
+    from transformers import Qwen2Config, SiglipVisionConfig
+
+    vision = _folder(tmp_path, "siglip", SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                                            num_attention_heads=16, patch_size=14, image_size=384))
+    llm = _folder(tmp_path, "qwen", Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                                 num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                                                 tie_word_embeddings=False))
+    cfg, stages = preset("siglip-qwen2.5-7b", {"vision": vision, "llm": llm})
+    model = on_meta(cfg)
+    assert qwen25_7b(152064) == 7_615_616_512  # Qwen2.5-7B as published (7.61B)
+    projector = (1152 * 3584 + 3584) + (3584 * 3584 + 3584)
+    assert count_parameters(model)[0] == siglip_so400m() + projector + qwen25_7b(152064 + ADDED)
+    assert model.config.num_image_tokens == 729 and type(model.text_model).__name__ == "Qwen2ForCausalLM"
+    assert count_parameters(setup_stage(on_meta(cfg), stages["stage1"].trainable, stages["stage1"].lora))[1] == projector
+    r, h, i, kv = 64, 3584, 18944, 512
+    lora = 28 * r * (2 * (h + h) + 2 * (h + kv) + 3 * (h + i))
+    assert count_parameters(setup_stage(on_meta(cfg), stages["stage2"].trainable, stages["stage2"].lora))[1] == lora + projector

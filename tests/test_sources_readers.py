@@ -260,21 +260,29 @@ LLAVA = [
         {"from": "gpt", "value": "olive oil is a healthy ingredient used liberally ."}]},
     {"id": "sharegpt_1", "conversations": [
         {"from": "human", "value": "Tell me a joke."}, {"from": "gpt", "value": "No."}]},
-    {"id": "two", "image": ["a.jpg", "b.jpg"], "conversations": [
-        {"from": "human", "value": "<image><image> compare"}, {"from": "gpt", "value": "same"}]},
+    {"id": "two", "image": ["a.jpg", "b.jpg"], "conversations": [  # LLaVA-Interleave: images in any user turn
+        {"from": "human", "value": "<image> first"}, {"from": "gpt", "value": "ok"},
+        {"from": "human", "value": "and <image>, compare"}, {"from": "gpt", "value": "same"}]},
+    {"id": "three", "image": ["a.jpg", "b.jpg"], "conversations": [
+        {"from": "human", "value": "<image> compare"}, {"from": "gpt", "value": "same"}]},
+    {"id": "many", "image": [f"{i}.jpg" for i in range(17)], "conversations": [
+        {"from": "human", "value": "<image>" * 17}, {"from": "gpt", "value": "many"}]},
 ]
 
 
 def test_llava_layout(tmp_path):
     path = write_json(tmp_path / "llava_instruct_150k.json", LLAVA)
     records, rows, _ = read(tmp_path, kind="llava", path=path, image_root="/coco/train2017")
-    conv, cap, text = records
+    conv, cap, text, two = records
     assert conv.task == "conversation" and len(conv.messages) == 4 and conv.image == "/coco/train2017/000000033471.jpg"
+    assert two.task == "conversation" and two.image == ["/coco/train2017/a.jpg", "/coco/train2017/b.jpg"]
     assert [m["role"] for m in conv.messages] == ["user", "assistant", "user", "assistant"]
     assert conv.id == make_id("src", "000000033471")
     assert cap.task == "caption" and cap.image == "/coco/train2017/GCC_train_002582585.jpg"
     assert text.task == "text" and text.image is None
-    assert [(r["reason"], r["location"]) for r in rows] == [("too_many_images", f"{path}[3]")]
+    assert [(r["reason"], r["location"]) for r in rows] == [("image_count_mismatch", f"{path}[4]"),
+                                                             ("too_many_images", f"{path}[5]")]
+    assert "1 <image> placeholder(s) for 2 image(s)" in rows[0]["detail"]
 
 
 def test_llava_image_template_rewrites_the_file_name(tmp_path):

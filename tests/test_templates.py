@@ -73,7 +73,9 @@ def test_chat_prompt_is_the_training_text_up_to_the_answer(name):
     turns = render_turns(template, [*history, ("第三问", "第三答")], image=image)
     prompt = chat_prompt(template, history, "第三问", image=image)
     assert join_turns(turns) == prompt + turns[-1]["response"]
-    assert turns[-1]["response"].strip() == "第三答"
+    assert turns[-1]["response"] == template.response.format(text="第三答")
+    assert "第三答" in turns[-1]["response"] and turns[-1]["response"].strip().endswith(template.stop if not
+                                                                                     template.eos else "第三答")
 
 
 def test_llava_v1_matches_the_vicuna_v1_conversation():
@@ -112,8 +114,9 @@ def test_alpaca_is_visualcla_without_the_image_and_refuses_one():
 
 
 def test_registry_names_and_errors():
-    assert set(TEMPLATES) == {"none", "alpaca", "visualcla", "llava_v1", "ziya", "llama2_chat"}
-    with pytest.raises(KeyError, match="known: alpaca, llama2_chat"):
+    assert set(TEMPLATES) == {"none", "alpaca", "visualcla", "llava_v1", "ziya", "llama2_chat", "mistral", "chatml",
+                              "llama3"}
+    with pytest.raises(KeyError, match="known: alpaca, chatml, llama2_chat"):
         get_template("vicuna")
     with pytest.raises(ValueError, match="already registered"):
         register_template(get_template("ziya"))
@@ -160,7 +163,8 @@ def test_ocr_items_keep_their_text_verbatim():
 
 @pytest.mark.parametrize("rec, reason", [
     (record(messages=(("<image><image>\n问", "答"),)), "image_marker_count"),
-    (record(messages=(("问", "答"), ("<image>\n问", "答"))), "image_marker_position"),
+    (record(messages=(("问", "答<image>"),)), "image_marker_position"),  # a marker in an answer
+    (record(messages=(("<image>问", "答"), ("<image>\n问", "答"))), "image_marker_count"),  # two markers, one image
     (record(task="text", messages=(("<image>\n问", "答"),), image=None), "image_marker_without_image"),
     (record(messages=(("<image>\n问 <img_token>", "答"),)), "reserved_token"),
     (record(messages=(("<image>\n问", "</img>"),)), "reserved_token"),

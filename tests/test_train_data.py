@@ -1,11 +1,22 @@
-"""Tokenisation, label masking, truncation, shard assignment and length grouping."""
+"""Tokenisation, label masking, fitting whole turns, shard assignment and length grouping."""
 
 from __future__ import annotations
 
 import pytest
 
 from templates import get_template, render_turns
-from training.data import IGNORE, Collator, ShardStream, StreamConfig, encode_turns, shard_units, subset_files
+from training.data import (
+    IGNORE,
+    Collator,
+    RowTooLong,
+    ShardStream,
+    StreamConfig,
+    encode_turns,
+    fitting_turns,
+    shard_units,
+    subset_files,
+    turn_lengths,
+)
 from training.synthetic import write_synthetic_shards
 from training.tokenizer import build_tokenizer
 
@@ -24,7 +35,7 @@ def _decode_segments(tok, ids, labels):
 
 def test_labels_cover_exactly_the_responses(tok):
     turns = render_turns(get_template("visualcla"), [("图中是什么形状？", "圆形。"), ("它是什么颜色？", "红色")], image=True)
-    enc = encode_turns(tok, turns, image=True, num_image_tokens=3, max_length=512)
+    enc = encode_turns(tok, turns, images=1, num_image_tokens=3)
     trained, masked = _decode_segments(tok, enc.input_ids, enc.labels)
     assert trained == "圆形。红色</s>"
     assert tok.decode(enc.input_ids) == "<s>" + "".join(t["prompt"] + t["response"] for t in turns).replace(
@@ -34,16 +45,27 @@ def test_labels_cover_exactly_the_responses(tok):
     assert enc.labels[0] == IGNORE and enc.input_ids[0] == tok.bos_token_id
 
 
-def test_truncation_keeps_the_image_block_whole(tok):
+def test_fitting_keeps_whole_leading_turns_and_never_cuts(tok):
     turns = render_turns(get_template("visualcla"), [("图中是什么形状？", "圆形。" * 20), ("它是什么颜色？", "红色")], image=True)
-    full = encode_turns(tok, turns, image=True, num_image_tokens=8, max_length=10_000)
-    first_prompt = len(tok.encode(turns[0]["prompt"].replace("<img><image></img>", "<img>" + "<img_token>" * 8 + "</img>"),
-                                  add_special_tokens=False)) + 1
-    cut = encode_turns(tok, turns, image=True, num_image_tokens=8, max_length=first_prompt + 3)
-    assert cut.truncated and len(cut.input_ids) == first_prompt + 3
-    assert cut.input_ids[:first_prompt] == full.input_ids[:first_prompt]
-    assert sum(l != IGNORE for l in cut.labels) == 3
-    assert encode_turns(tok, turns, image=True, num_image_tokens=8, max_length=first_prompt) is None  # no room to answer
+    lengths = turn_lengths(tok, turns, images=1, num_image_tokens=8)
+    full = encode_turns(tok, turns, images=1, num_image_tokens=8)
+    assert sum(lengths) + 1 == len(full.input_ids)  # + EOS
+    assert fitting_turns(lengths, len(full.input_ids)) == 2
+    assert fitting_turns(lengths, len(full.input_ids) - 1) == 1  # the last turn goes whole, never a part of it
+    assert fitting_turns(lengths, lengths[0]) == 0  # the first turn + EOS does not fit: render rejects the row
+    start = full.input_ids.index(tok.convert_tokens_to_ids("<img_token>"))
+    assert full.image_spans == [(start, start + 8)]
+
+
+def test_a_row_that_does_not_fit_stops_training_naming_it(tmp_path, tok):
+    from transformers import CLIPImageProcessorPil
+
+    write_synthetic_shards(tmp_path, num_images=8)
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    stream = ShardStream(shard_units(subset_files(tmp_path, "sft")), tok, Collator(tok.pad_token_id, proc),
+                         StreamConfig(batch_size=2, max_length=12, num_image_tokens=4, batches_per_rank=1))
+    with pytest.raises(RowTooLong, match=r"row sft-\d+: \d+ tokens, max_length is 12.*render the shards again"):
+        next(iter(stream))
 
 
 def test_consumers_read_disjoint_units_and_grouping_cuts_padding(tmp_path, tok):

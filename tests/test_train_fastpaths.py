@@ -98,9 +98,9 @@ def test_batched_tokenisation_gives_the_ids_of_one_by_one_tokenisation(tmp_path)
     for row in pretrain + sft:
         image = row["image"] is not None
         texts = [t for turn in row["turns"] for t in (turn["prompt"], turn["response"])]
-        alone = encode_turns(tok, row["turns"], image=image, num_image_tokens=5, max_length=200)
+        alone = encode_turns(tok, row["turns"], images=int(image), num_image_tokens=5)
         known = encode_texts(tok, texts)
-        batched = encode_turns(tok, row["turns"], image=image, num_image_tokens=5, max_length=200, known=known)
+        batched = encode_turns(tok, row["turns"], images=int(image), num_image_tokens=5, known=known)
         assert (batched.input_ids, batched.labels) == (alone.input_ids, alone.labels)
 
 

@@ -24,8 +24,10 @@ from transformers import (
     BlipImageProcessorPil,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
-    LlamaConfig,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from templates.image import ADDED_TOKENS, IMG_END, IMG_START, IMG_TOKEN
@@ -74,18 +76,28 @@ def _read_config(key: str, path: str) -> dict:
     return json.loads((require_model_folder(key, path) / "config.json").read_text())
 
 
+VISION_CONFIGS = {"clip": CLIPVisionConfig, "blip2": Blip2VisionConfig, "siglip": SiglipVisionConfig,
+                  "siglip2": SiglipVisionConfig}
+"""`model.vision.kind` -> its vision config class. SigLIP 2's fixed-resolution checkpoints are SigLIP models."""
+NAFLEX = ("siglip2", "siglip2_vision_model")
+
+
 def vision_config(cfg: ModelConfig):
     v = cfg.vision
+    cls = VISION_CONFIGS[v.kind]
     if v.path is None:
-        init = {"image_size": v.image_size, **v.init}
-        return (CLIPVisionConfig if v.kind == "clip" else Blip2VisionConfig)(**init)
-    raw = _read_config("model.vision.path", v.path)
-    if "vision_config" in raw:  # a full CLIP or BLIP-2 checkpoint
-        raw = raw["vision_config"]
-        raw.setdefault("model_type", "clip_vision_model" if v.kind == "clip" else "blip_2_vision_model")
-    cls = CLIPVisionConfig if v.kind == "clip" else Blip2VisionConfig
-    raw.pop("model_type", None)
-    return cls(**raw)
+        config = cls(**{"image_size": v.image_size, **v.init})
+    else:
+        raw = _read_config("model.vision.path", v.path)
+        if raw.get("model_type") in NAFLEX:
+            raise ValueError(f"model.vision.path: {v.path} is a SigLIP 2 NaFlex checkpoint (model_type "
+                             f"{raw['model_type']!r}); use a fixed-resolution one (e.g. siglip2-so400m-patch14-384)")
+        raw = dict(raw.get("vision_config", raw))  # a full CLIP / BLIP-2 / SigLIP checkpoint: its vision part
+        raw.pop("model_type", None)
+        config = cls(**raw)
+    if cls is SiglipVisionConfig:
+        config.vision_use_head = False  # the pooling head's output is never used: no parameters for it
+    return config
 
 
 def qformer_config(cfg: ModelConfig, vision_width: int):
@@ -102,14 +114,40 @@ def qformer_config(cfg: ModelConfig, vision_width: int):
                               intermediate_size=c.intermediate_size or 4 * c.hidden_size, encoder_hidden_size=vision_width)
 
 
+def causal_lm_config(model_type: str, values: dict, where: str):
+    """The config of a decoder-only LLM transformers implements itself (`AutoModelForCausalLM`; never
+    remote code); ValueError naming `where` for an architecture it does not."""
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"{where}: model_type {model_type!r} is not a causal LM transformers implements "
+                         f"(e.g. llama, qwen2, qwen3, mistral); custom-code models are not loaded")
+    return AutoConfig.for_model(model_type, **values)
+
+
 def text_config(cfg: ModelConfig, vocab_size: int | None):
     if cfg.llm.path is None:
         init = dict(cfg.llm.init)
-        init.setdefault("vocab_size", vocab_size)
-        return LlamaConfig(**init)
+        model_type = init.pop("model_type", "llama")
+        if vocab_size is not None:
+            init.setdefault("vocab_size", vocab_size)
+        return causal_lm_config(model_type, init, "model.llm.init")
     raw = _read_config("model.llm.path", cfg.llm.path)
-    raw.pop("model_type", None)
-    return LlamaConfig(**raw)
+    model_type = raw.pop("model_type", None)
+    if model_type is None:
+        raise ValueError(f"model.llm.path: {cfg.llm.path}/config.json names no model_type")
+    return causal_lm_config(model_type, raw, f"model.llm.path ({cfg.llm.path})")
+
+
+def llm_architecture(cfg: ModelConfig) -> tuple[str, int]:
+    """(model_type, vocabulary size) of the recipe's LLM, from its config alone (what `template: auto` needs)."""
+    text = text_config(cfg, None)
+    return text.model_type, int(text.vocab_size or 0)
+
+
+def stage_template(cfg: ModelConfig, name: str) -> str:
+    """A stage's or render's template name with `auto` resolved by the LLM's architecture."""
+    from templates.registry import resolve_template
+
+    return resolve_template(name, *llm_architecture(cfg)) if name == "auto" else name
 
 
 def visualcla_config(cfg: ModelConfig, tokenizer=None) -> VisualCLAConfig:
@@ -155,14 +193,20 @@ def build_model(cfg: ModelConfig, tokenizer, dtype: torch.dtype | None = None) -
     return VisualCLAModel.from_parts(config, dtype=dtype)
 
 
+PROCESSORS = {"clip": CLIPImageProcessorPil, "blip2": BlipImageProcessorPil, "siglip": SiglipImageProcessorPil,
+              "siglip2": SiglipImageProcessorPil}
+"""`model.vision.kind` -> its image processor (PIL backend: no torchvision)."""
+
+
 def build_image_processor(cfg: ModelConfig):
     v = cfg.vision
     if v.path and (Path(v.path) / "preprocessor_config.json").is_file():
-        cls = CLIPImageProcessorPil if v.kind == "clip" else BlipImageProcessorPil
-        return cls.from_pretrained(v.path)
+        return PROCESSORS[v.kind].from_pretrained(v.path)
     s = v.image_size
     if v.kind == "clip":
         return CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
+    if v.kind in ("siglip", "siglip2"):  # SigLIP: resize to the square, mean/std 0.5
+        return SiglipImageProcessorPil(size={"height": s, "width": s})
     return BlipImageProcessorPil(size={"height": s, "width": s}, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
 
 

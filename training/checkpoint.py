@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import BlipImageProcessorPil, CLIPImageProcessorPil
+from transformers import BlipImageProcessorPil, CLIPImageProcessorPil, SiglipImageProcessorPil
 
 from common.files import share_tree, write_json
 from common.layout import STAGE_FILE
@@ -367,5 +367,6 @@ def find_stage(run_train_dir: Path, name: str) -> Path:
 
 def image_processor_from(folder: Path, config) -> object:
     """The image processor saved in a checkpoint folder (PIL backend: no torchvision needed)."""
-    cls = CLIPImageProcessorPil if config.vision_config.model_type == "clip_vision_model" else BlipImageProcessorPil
+    cls = {"clip_vision_model": CLIPImageProcessorPil, "siglip_vision_model": SiglipImageProcessorPil}.get(
+        config.vision_config.model_type, BlipImageProcessorPil)
     return cls.from_pretrained(str(folder))

@@ -29,9 +29,10 @@ class _FromPathOrInit(_Section):
 
 
 class VisionConfig(_FromPathOrInit):
-    kind: Literal["clip", "blip2"] = "clip"
+    kind: Literal["clip", "blip2", "siglip", "siglip2"] = Field(
+        "clip", description="siglip2: a SigLIP 2 fixed-resolution (FixRes) checkpoint, which is a SigLIP model")
     feature_layer: int = Field(-1, description="hidden layer whose output feeds the connector")
-    keep_cls: bool = True
+    keep_cls: bool = Field(True, description="keep CLIP/BLIP-2's CLS token; SigLIP has none (all patches are kept)")
     post_layernorm: bool = Field(True, description="pass the features through the encoder's post-LN")
     image_size: int = Field(224, gt=0)
 
@@ -47,6 +48,9 @@ class ConnectorConfig(_Section):
 
 
 class LLMConfig(_FromPathOrInit):
+    """Any decoder-only LLM transformers supports natively (`AutoModelForCausalLM`, never remote code).
+    `init` may name its `model_type` (llama, qwen2, qwen3, mistral, ...; default llama)."""
+
     tokenizer: str | None = Field(None, description="tokenizer folder; defaults to the LLM path")
 
 
@@ -62,7 +66,9 @@ class LoraConfig(_Section):
     r: int = Field(8, gt=0)
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    llm_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    llm_targets: list[str] = Field(
+        default_factory=lambda: ["attention"],
+        description="module names, or the groups `attention` / `mlp` of the LLM's architecture (training.lora table)")
     vision_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
 
 
@@ -83,7 +89,7 @@ class LearningRates(_Section):
 
 class StageConfig(_Section):
     data: Literal["pretrain", "sft"]
-    template: str = "visualcla"
+    template: str = Field("visualcla", description="a templates.registry name, or `auto`: the LLM architecture's format")
     init_from: str | None = Field(None, description="name of an earlier stage whose checkpoint this one starts from")
     trainable: TrainableConfig = Field(default_factory=TrainableConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -92,7 +98,7 @@ class StageConfig(_Section):
     max_steps: int | None = Field(None, gt=0)
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
-    max_length: int = Field(512, gt=0)
+    max_length: int = Field(512, gt=0, description="tokens per sample; render fits rows to it, training never cuts")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"

@@ -2,22 +2,24 @@
 
 Blocks, each with one job:
 
-* `encode_turns`: a row's rendered `turns` -> `input_ids`, `labels`. BOS + prompt_1 + response_1
-  + ... + response_n + EOS; each segment is tokenised on its own (so label boundaries are exact
-  and chat sees the same prompt tokens); the image block of prompt_1 becomes `<img>` + N x
-  `<img_token>` + `</img>` (`templates.expand_image_block`). Labels are -100 on BOS, prompts
-  (image tokens included) and padding; responses + the final EOS are trained. Truncation drops
-  whole later turns, may shorten the last kept response, and never cuts prompt_1 (where the image
-  block is): a row whose first prompt does not fit is skipped and counted.
+* `encode_turns`: a row's rendered `turns` -> `input_ids`, `labels`, `image_spans`. BOS + prompt_1 +
+  response_1 + ... + response_n (+ EOS when the template says so); each segment is tokenised on its
+  own (so label boundaries are exact and chat sees the same prompt tokens); each image block becomes
+  `<img>` + N x `<img_token>` + `</img>` (`templates.expand_image_block`), the k-th block the k-th
+  image, in any prompt. Labels are -100 on BOS, prompts (image tokens included) and padding;
+  responses (+ EOS) are trained. Nothing is ever cut: `fitting_turns` tells render how many whole
+  leading turns fit `max_length`, and a row that still does not fit stops training with `RowTooLong`
+  naming it (render drops or rejects such rows; rerender with the stage's max_length).
 * `shard_units` / `assign_units`: a shard set as (file, row group, slice) units; each rank and
   each dataloader worker reads only its own units (`units[consumer::consumers]`), reshuffled
   per pass with a seed, so the order is reproducible and `--resume` replays it.
 * `ShardStream`: an `IterableDataset` of ready batches. A buffer of examples is shuffled, then
   (length grouping) sorted by length and cut into batches whose order is shuffled again; every
   consumer yields exactly its quota of batches (passes repeat its units), so ranks stay in step.
-* `Collator`: right padding, `pixel_values` for the rows that have an image (or their cached
-  `image_features` / `connector_features`), and `padding_stats` (padding, all, trained tokens,
-  images) from which the trainer logs `padding_fraction` and counts tokens.
+* `Collator`: right padding, `pixel_values` for every image of the batch in order (a row's images in
+  order, rows one after another; or their cached `image_features` / `connector_features`), and
+  `padding_stats` (padding, all, trained tokens, images) from which the trainer logs
+  `padding_fraction` and counts tokens.
 """
 
 from __future__ import annotations
@@ -26,17 +28,19 @@ import io
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from templates.image import IMAGE_BLOCK, expand_image_block
+from templates.image import IMAGE_BLOCK, IMG_TOKEN, count_image_blocks, expand_image_block
+from templates.rows import row_images
 
 IGNORE = -100
-COLUMNS = ["id", "turns", "image"]
+COLUMNS = ["id", "turns", "image", "images"]
+"""What training reads of a row (`images` is absent from shards written before it existed)."""
 
 
 # ---- tokenisation + masking ---------------------------------------------------------------
@@ -45,24 +49,31 @@ COLUMNS = ["id", "turns", "image"]
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    truncated: bool = False
+    image_spans: list[tuple[int, int]] = field(default_factory=list)
+    """[start, end) of each image's `<img_token>` run in `input_ids`, in image order."""
 
 
-def segments(turns: list[dict], *, image: bool, num_image_tokens: int) -> list[tuple[str, str]]:
-    """(prompt, response) texts as they are tokenised: the first prompt's image block expanded."""
+class RowTooLong(ValueError):
+    """A shard row longer than the stage's max_length: training never cuts one (render fits rows)."""
+
+
+def segments(turns: list[dict], *, images: int, num_image_tokens: int) -> list[tuple[str, str]]:
+    """(prompt, response) texts as they are tokenised: every image block expanded. The prompts must hold
+    exactly `images` blocks (the row's images, in order); responses none."""
+    found = sum(count_image_blocks(t["prompt"]) for t in turns)
+    if found != images:
+        raise ValueError(f"{found} image block(s) {IMAGE_BLOCK!r} in the prompts for {int(images)} image(s)")
     out = []
     for i, turn in enumerate(turns):
-        prompt = turn["prompt"]
-        if i == 0:
-            prompt = expand_image_block(prompt, num_image_tokens, expected=1 if image else 0)
-        elif IMAGE_BLOCK in prompt:
-            raise ValueError(f"turn {i}: an image block outside the first prompt")
-        out.append((prompt, turn["response"]))
+        if IMAGE_BLOCK in turn["response"]:
+            raise ValueError(f"turn {i}: an image block in a response")
+        out.append((expand_image_block(turn["prompt"], num_image_tokens, expected=None), turn["response"]))
     return out
 
 
-def row_has_image(row: dict) -> bool:
-    return row["image"] is not None and row["image"].get("bytes") is not None
+def row_images_bytes(row: dict) -> list[bytes]:
+    """The encoded images of a shard row, in order (`templates.rows.row_images`)."""
+    return [im["bytes"] for im in row_images(row)]
 
 
 def encode_texts(tokenizer, texts: list[str]) -> dict[str, list[int]]:
@@ -72,42 +83,62 @@ def encode_texts(tokenizer, texts: list[str]) -> dict[str, list[int]]:
     return dict(zip(unique, tokenizer(unique, add_special_tokens=False)["input_ids"])) if unique else {}
 
 
-def encode_turns(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: int, max_length: int,
-                 known: dict[str, list[int]] | None = None) -> Encoded | None:
-    """Token ids and labels of one rendered conversation (None: the first prompt does not fit).
-    `known`: ids of segments already tokenised (`encode_texts`); others are tokenised here."""
+def _encoder(tokenizer, known: dict[str, list[int]] | None):
     def encode(text: str) -> list[int]:
         found = known.get(text) if known is not None else None
         return list(found) if found is not None else tokenizer.encode(text, add_special_tokens=False)
+    return encode
 
+
+def encode_turns(tokenizer, turns: list[dict], *, images: int, num_image_tokens: int, eos: bool = True,
+                 known: dict[str, list[int]] | None = None) -> Encoded:
+    """Token ids, labels and image spans of one rendered conversation, whole. `eos`: the template's
+    `eos` (append the tokenizer's EOS, trained). `known`: ids of segments already tokenised."""
+    encode = _encoder(tokenizer, known)
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     labels = [IGNORE] * len(ids)
-    truncated = False
-    turns = segments(turns, image=image, num_image_tokens=num_image_tokens)
-    for i, (prompt, response) in enumerate(turns):
+    for prompt, response in segments(turns, images=images, num_image_tokens=num_image_tokens):
         p, r = encode(prompt), encode(response)
-        if i == len(turns) - 1:
-            r.append(tokenizer.eos_token_id)
-        room = max_length - len(ids) - len(p)
-        if room <= 0:  # the prompt does not fit (with at least one answer token)
-            if i == 0:
-                return None
-            truncated = True
-            break
-        if len(r) > room:
-            r, truncated = r[:room], True
         ids += p + r
         labels += [IGNORE] * len(p) + r
-        if truncated:
+    if eos:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+    return Encoded(ids, labels, image_spans(ids, tokenizer.convert_tokens_to_ids(IMG_TOKEN), num_image_tokens))
+
+
+def image_spans(ids: list[int], image_token_id: int, num_image_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) of each run of `num_image_tokens` image tokens (one per image, in order)."""
+    positions = [i for i, t in enumerate(ids) if t == image_token_id]
+    return [(positions[k], positions[k] + num_image_tokens) for k in range(0, len(positions), num_image_tokens)]
+
+
+def turn_lengths(tokenizer, turns: list[dict], *, images: int, num_image_tokens: int,
+                 known: dict[str, list[int]] | None = None) -> list[int]:
+    """Tokens of each turn as `encode_turns` counts them (BOS counted in the first; EOS not counted)."""
+    encode = _encoder(tokenizer, known)
+    lengths = [len(encode(p)) + len(encode(r)) for p, r in segments(turns, images=images,
+                                                                     num_image_tokens=num_image_tokens)]
+    lengths[0] += int(tokenizer.bos_token_id is not None)
+    return lengths
+
+
+def fitting_turns(lengths: list[int], max_length: int, eos: bool = True) -> int:
+    """How many whole leading turns fit `max_length` tokens with the closing EOS (0: not even the first)."""
+    total, kept = int(eos), 0
+    for n in lengths:
+        total += n
+        if total > max_length:
             break
-    return Encoded(ids, labels, truncated)
+        kept += 1
+    return kept
 
 
-def prompt_ids(tokenizer, turns: list[dict], *, image: bool, num_image_tokens: int) -> list[int]:
+def prompt_ids(tokenizer, turns: list[dict], *, images: int, num_image_tokens: int) -> list[int]:
     """Token ids a model continues at chat/eval time: every turn as in training (each segment on
     its own), the last turn's (empty) response left for the model to write."""
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    pairs = segments(turns, image=image, num_image_tokens=num_image_tokens)
+    pairs = segments(turns, images=images, num_image_tokens=num_image_tokens)
     for i, (prompt, response) in enumerate(pairs):
         ids += tokenizer.encode(prompt, add_special_tokens=False)
         if i < len(pairs) - 1:
@@ -138,9 +169,9 @@ def subset_files(shards_dir: Path, subset: str, split: str = "train") -> list[Pa
         files = sorted(folder.glob("*.parquet"))
         if files:
             return files
-    files = sorted(p for p in shards_dir.rglob("*.parquet") if f"{stage}-{split}" in p.name)
+    files = sorted(p for p in shards_dir.rglob("*.parquet") if f"{subset}-{split}" in p.name)
     if not files:
-        raise FileNotFoundError(f"{shards_dir}: no {stage}/{split} Parquet shards (run render first)")
+        raise FileNotFoundError(f"{shards_dir}: no {subset}/{split} Parquet shards (run render first)")
     return files
 
 
@@ -168,9 +199,12 @@ def assign_units(units: list[ShardUnit], consumer: int, consumers: int, seed: in
 
 
 def read_unit(unit: ShardUnit, columns: list[str] = COLUMNS) -> list[dict[str, Any]]:
+    """The unit's rows, with those of `columns` the shard has (older shards lack `images`)."""
     import pyarrow.parquet as pq
 
-    rows = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=columns).to_pylist()
+    shard = pq.ParquetFile(unit.file)
+    present = [c for c in columns if c in shard.schema_arrow.names]
+    rows = shard.read_row_group(unit.row_group, columns=present).to_pylist()
     return rows[unit.slice::unit.slices]
 
 
@@ -190,6 +224,8 @@ class StreamConfig:
     feature_cache: Path | None = None
     feature_key: str = "image_features"
     """The model argument cached tensors go to (`features.LEVELS`)."""
+    eos: bool = True
+    """The stage template's `eos`: the tokenizer's EOS closes each conversation."""
 
 
 class ShardStream(IterableDataset):
@@ -197,7 +233,6 @@ class ShardStream(IterableDataset):
 
     def __init__(self, units: list[ShardUnit], tokenizer, collator: "Collator", cfg: StreamConfig) -> None:
         self.units, self.tokenizer, self.collator, self.cfg = units, tokenizer, collator, cfg
-        self.skipped = 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -223,29 +258,31 @@ class ShardStream(IterableDataset):
         cfg = self.cfg
         for unit in units:
             rows = read_unit(unit)
-            features = self._cached_features(unit) if cfg.feature_cache else None
+            cached = self._cached_features(unit) if cfg.feature_cache else None
             known = encode_texts(self.tokenizer, [text for row in rows for text in self._texts(row)])
             for i, row in enumerate(rows):
-                has_image = row_has_image(row)
-                enc = encode_turns(self.tokenizer, row["turns"], image=has_image, known=known,
-                                   num_image_tokens=cfg.num_image_tokens, max_length=cfg.max_length)
-                if enc is None:
-                    self.skipped += 1
-                    continue
-                ex = {"input_ids": enc.input_ids, "labels": enc.labels}
-                if has_image:
-                    if features is not None:
-                        ex[cfg.feature_key] = features[i]
-                    else:
-                        ex["image"] = row["image"]["bytes"]
+                images = row_images_bytes(row)
+                enc = encode_turns(self.tokenizer, row["turns"], images=len(images), known=known, eos=cfg.eos,
+                                   num_image_tokens=cfg.num_image_tokens)
+                if len(enc.input_ids) > cfg.max_length:
+                    raise RowTooLong(
+                        f"{unit.file} (row group {unit.row_group}), row {row['id']}: {len(enc.input_ids)} tokens, "
+                        f"max_length is {cfg.max_length}. Training never cuts a sample: render the shards again "
+                        "with this stage's max_length and tokenizer (render keeps whole leading turns or rejects "
+                        "the row as too_long), or raise the stage's max_length")
+                ex = {"input_ids": enc.input_ids, "labels": enc.labels, "image_spans": enc.image_spans}
+                if images and cached is not None:
+                    features, offsets = cached
+                    ex[cfg.feature_key] = features[int(offsets[i]):int(offsets[i + 1])]
+                elif images:
+                    ex["images"] = images
                 yield ex
 
     def _texts(self, row: dict) -> list[str]:
         """The row's segments for the unit's batched tokenisation; none for a malformed row, which
         `encode_turns` then reports as it would alone."""
-        image = row_has_image(row)
         try:
-            pairs = segments(row["turns"], image=image, num_image_tokens=self.cfg.num_image_tokens)
+            pairs = segments(row["turns"], images=len(row_images(row)), num_image_tokens=self.cfg.num_image_tokens)
         except ValueError:
             return []
         return [text for pair in pairs for text in pair]
@@ -274,14 +311,19 @@ class ShardStream(IterableDataset):
         for b in batches:
             yield self.collator(b)
 
-    def _cached_features(self, unit: ShardUnit) -> torch.Tensor:
+    def _cached_features(self, unit: ShardUnit) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features of every image of the unit [images, tokens, width], row offsets [rows + 1])."""
         from safetensors.torch import load_file
 
         path = Path(self.cfg.feature_cache) / f"{unit.key}.safetensors"
-        return load_file(str(path))["features"]
+        cached = load_file(str(path))
+        return cached["features"], cached["offsets"]
 
 
 # ---- collation ----------------------------------------------------------------------------
+
+FEATURE_KEYS = ("image_features", "connector_features")
+
 
 @dataclass
 class Collator:
@@ -298,13 +340,13 @@ class Collator:
         labels = torch.tensor([e["labels"] + [IGNORE] * k for e, k in zip(examples, pads)])
         attention_mask = torch.tensor([[1] * (longest - k) + [0] * k for k in pads])
         real = n * longest - sum(pads)
-        images = sum(1 for e in examples if "image" in e or "image_features" in e or "connector_features" in e)
+        images = [im for e in examples for im in e.get("images", ())]
+        counted = len(images) + sum(int(e[key].shape[0]) for e in examples for key in FEATURE_KEYS if key in e)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "padding_stats": torch.tensor([n * longest - real, n * longest, int((labels != IGNORE).sum()), images])}
-        for key in ("image_features", "connector_features"):
+                 "padding_stats": torch.tensor([n * longest - real, n * longest, int((labels != IGNORE).sum()), counted])}
+        for key in FEATURE_KEYS:  # a row's images in order, rows one after another (as the image tokens)
             if any(key in e for e in examples):
-                batch[key] = torch.stack([e[key] for e in examples if key in e])
-        images = [e["image"] for e in examples if "image" in e]
+                batch[key] = torch.cat([e[key] for e in examples if key in e])
         if images:
             batch["pixel_values"] = self.process(images)
         return batch

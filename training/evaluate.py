@@ -2,8 +2,10 @@
 
     metrics = evaluate(Path("runs/demo/train/stage2"), Path("runs/demo/demo-data/heldout/eval_zh.jsonl"), EvalConfig())
 
-Each line is ``{image, question, answer, ...}``; `image` is relative to the corpus folder (the
-JSONL's grandparent, as in `DIR/heldout/eval_zh.jsonl`) or to the JSONL's own folder. The
+Each line is ``{image, question, answer, ...}``; `image` (or a list of them: a question about several
+images, asked with each on a line before the question, or at the question's `<image>` markers) is
+relative to the corpus folder (the JSONL's grandparent, as in `DIR/heldout/eval_zh.jsonl`) or to the
+JSONL's own folder. The
 question gets the short-answer hint the checkpoint's shards appended to VQA questions (the
 render's `vqa_hint`, kept in stage.json `prompt`; `ChatModel.hint`), decoding is greedy, and the
 answer is cut at the template's stop string. Predictions (each with the `instruction` asked) are
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common.files import write_json, write_jsonl
-from training.chat import ChatModel, build_prompt, cut_at_stop
+from training.chat import ChatModel, as_images, build_prompt, cut_at_stop, stop_token_ids
 from training.config import EvalConfig
 
 _PUNCT = re.compile(r"[\s\.,!?;:，。！？；：、\"'“”‘’()（）\[\]【】]+")
@@ -55,11 +57,13 @@ def split_image_path(split: Path, ref: str) -> Path:
 @torch.no_grad()
 def answer_batch(bot: ChatModel, images: list, texts: list[str], max_new_tokens: int,
                  first_line: bool = False) -> list[str]:
-    """Greedy answers to `texts` about `images` (paths, bytes or PIL images; one each), generated
-    together: prompts left-padded, so every prompt ends where generation starts. Cut at the
+    """Greedy answers to `texts` about `images` (paths, bytes or PIL images; one each, or a list each),
+    generated together: prompts left-padded, so every prompt ends where generation starts. Cut at the
     template's stop string (and at the first newline with `first_line`: short answers)."""
     tok = bot.tokenizer
-    prompts = [build_prompt(bot, text, [], True) for text in texts]
+    per_item = [as_images(im) for im in images]
+    prompts = [build_prompt(bot, text, [], len(ims)) for text, ims in zip(texts, per_item)]
+    flat = [im for ims in per_item for im in ims]
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -68,8 +72,8 @@ def answer_batch(bot: ChatModel, images: list, texts: list[str], max_new_tokens:
         mask[i, width - len(p):] = 1
     out_ids = bot.model.generate(
         input_ids=ids.to(bot.model.device), attention_mask=mask.to(bot.model.device),
-        pixel_values=bot.pixel_values(images), max_new_tokens=max_new_tokens, do_sample=False,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        pixel_values=bot.pixel_values(flat) if flat else None, max_new_tokens=max_new_tokens, do_sample=False,
+        eos_token_id=stop_token_ids(tok, bot.template), pad_token_id=tok.pad_token_id,
     )
     answers = [cut_at_stop(tok.decode(o, skip_special_tokens=True), bot.template) for o in out_ids]
     return [a.split("\n")[0] for a in answers] if first_line else answers
@@ -91,7 +95,7 @@ def evaluate(checkpoint: Path, split: Path, cfg: EvalConfig = EvalConfig(), out:
     bot = bot or ChatModel.load(checkpoint)
     items = read_split(split, cfg.limit)
     asked = [bot.hint.ask_short(it["question"]) for it in items]  # as the shards asked VQA questions
-    images = [split_image_path(split, it["image"]) for it in items]
+    images = [[split_image_path(split, ref) for ref in as_images(it["image"])] for it in items]
     preds = answer_all(bot, images, asked, cfg.max_new_tokens, cfg.batch_size, first_line=True)
     correct, predictions = 0, []
     for it, text, pred in zip(items, asked, preds):

@@ -69,7 +69,7 @@ def export(checkpoint: Path, fmt: str, out: Path) -> Path:
     else:
         llava = to_llava(model)  # both raise before anything is written if LLaVA cannot express the model
         llava_proc = llava_processor(tokenizer, processor, model.config, template)
-        llava.generation_config = llava_generation_config(tokenizer)
+        llava.generation_config = llava_generation_config(tokenizer, template)
         llava.save_pretrained(out)
         llava_proc.save_pretrained(out)
         share_tree(out, folders=False)  # save_pretrained writes safetensors 0600
@@ -88,13 +88,13 @@ def to_llava(model: VisualCLAModel):
     if cfg.vision_post_layernorm:
         raise ValueError("llava-hf export needs vision.post_layernorm=false: LLaVA feeds the projector the raw "
                          "hidden states of `vision_feature_layer`, and a LayerNorm cannot be folded into a layer")
-    if cfg.vision_config.model_type != "clip_vision_model":
-        raise ValueError("llava-hf export needs a CLIP vision encoder")
+    if cfg.vision_config.model_type not in ("clip_vision_model", "siglip_vision_model"):
+        raise ValueError("llava-hf export needs a CLIP or SigLIP vision encoder")
     config = LlavaConfig(
         vision_config=cfg.vision_config.to_dict(), text_config=model.text_model.config.to_dict(),
         image_token_index=cfg.image_token_id, image_seq_length=cfg.num_image_tokens,
         projector_hidden_act="gelu" if kind == "mlp2x_gelu" else "linear",
-        vision_feature_select_strategy="full" if cfg.vision_keep_cls else "default",
+        vision_feature_select_strategy="full" if cfg.vision_keep_cls or not cfg.has_cls else "default",
         vision_feature_layer=cfg.vision_feature_layer, multimodal_projector_bias=True,
     )
     llava = LlavaForConditionalGeneration(config).to(model.dtype)
@@ -135,14 +135,15 @@ def llava_processor(tokenizer, image_processor, config, template: str):
 
     v = config.vision_config
     jinja = chat_template_jinja(get_template(template), tokenizer.bos_token if needs_bos(tokenizer) else None)
+    keep = config.vision_keep_cls and config.has_cls
     processor = LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=v.patch_size,
-        vision_feature_select_strategy="full" if config.vision_keep_cls else "default",
-        chat_template=jinja, image_token=IMG_TOKEN, num_additional_image_tokens=1,
+        vision_feature_select_strategy="full" if keep or not config.has_cls else "default",
+        chat_template=jinja, image_token=IMG_TOKEN, num_additional_image_tokens=int(config.has_cls),
     )
     crop = dict(getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {})
     side = crop.get("height") or crop.get("shortest_edge") or v.image_size
-    n = (side // v.patch_size) ** 2 + (1 if config.vision_keep_cls else 0)
+    n = (side // v.patch_size) ** 2 + (1 if keep else 0)
     if n != config.num_image_tokens:
         raise ValueError(f"the image processor gives {side} px images ({n} image tokens), the model expects "
                          f"{config.num_image_tokens}")
@@ -157,11 +158,14 @@ def needs_bos(tokenizer) -> bool:
     return tokenizer("a")["input_ids"][:1] != [tokenizer.bos_token_id]
 
 
-def llava_generation_config(tokenizer):
+def llava_generation_config(tokenizer, template: str = "visualcla"):
     from transformers import GenerationConfig
 
+    from training.chat import stop_token_ids
+
+    stops = stop_token_ids(tokenizer, template)  # EOS, and ChatML's / Llama-3's end-of-turn token
     return GenerationConfig(**LLAVA_GENERATION, bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                            eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=tokenizer.pad_token_id)
 
 
 def _lit(text: str) -> str:
@@ -182,31 +186,37 @@ def _format(fmt: str, slots: dict[str, str]) -> str:
 
 def chat_template_jinja(template: Template, bos: str | None) -> str:
     """`template` as a Jinja chat template for transformers' `apply_chat_template`: the same text as
-    `templates.render_turns` + `training.chat` (one image, its block `<img><img_token></img>` in the
-    first instruction; the processor expands `<img_token>`). Each user turn already ends with the
+    `templates.render_turns` + `training.chat` (one image in the first instruction: its block
+    `<img><img_token></img>` in the template's slot; several images, or images in later turns: each
+    block on a line before its message's text, as `templates.image.inline_images`; the processor
+    expands `<img_token>`). Each user turn already ends with the
     assistant header (`### Response:`), so `add_generation_prompt` changes nothing. A system message
     replaces the template's preamble (written with its `system_format`)."""
     text = "{{- text_of(message) -}}"
     pre, _, post = (json.dumps(x, ensure_ascii=False) for x in template.system_format.partition("{system}"))
+    block = _lit(IMG_START + IMG_TOKEN + IMG_END + "\n")
     image = ("{%- if ns.image -%}" + _lit(IMG_START + IMG_TOKEN + IMG_END + template.image_sep) + "{%- endif -%}"
              if template.supports_image else "")
+    text = ("{%- if not ns.image and message['content'] is not string -%}{%- for item in message['content'] "
+            "if item['type'] == 'image' -%}" + block + "{%- endfor -%}{%- endif -%}" + text)
     parts = [
         "{#- prompt template " + json.dumps(template.name) + " of visualcla-forge (templates/registry.py) -#}\n",
         "{%- macro text_of(message) -%}{%- if message['content'] is string -%}{{- message['content'] -}}"
         "{%- else -%}{%- for item in message['content'] if item['type'] == 'text' -%}{{- item['text'] -}}"
         "{%- endfor -%}{%- endif -%}{%- endmacro -%}\n",
         "{%- set ns = namespace(system=" + json.dumps(template.system_slot(), ensure_ascii=False)
-        + ", image=false, images=0, turn=0) -%}\n",
-        "{%- for message in messages -%}{%- if message['content'] is not string -%}"
+        + ", image=false, images=0, first=0, users=0, turn=0) -%}\n",
+        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}{%- set ns.users = ns.users + 1 -%}"
+        "{%- endif -%}{%- if message['content'] is not string -%}"
         "{%- for item in message['content'] if item['type'] == 'image' -%}{%- set ns.images = ns.images + 1 -%}"
+        "{%- if ns.users == 1 and message['role'] == 'user' -%}{%- set ns.first = ns.first + 1 -%}{%- endif -%}"
         "{%- endfor -%}{%- endif -%}"
         "{%- if message['role'] == 'system' -%}{%- set ns.system = '' -%}{%- if text_of(message) -%}"
         "{%- set ns.system = " + pre + " ~ text_of(message) ~ " + post + " -%}{%- endif -%}{%- endif -%}{%- endfor -%}\n",
-        "{%- if ns.images > 1 -%}{{- raise_exception('this model takes one image per conversation') -}}{%- endif -%}\n",
-        "{%- set ns.image = ns.images == 1 -%}\n",
+        "{%- set ns.image = ns.images == 1 and ns.first == 1 -%}\n",
     ]
     if not template.supports_image:
-        parts.append("{%- if ns.image -%}{{- raise_exception('template " + template.name
+        parts.append("{%- if ns.images -%}{{- raise_exception('template " + template.name
                      + " has no place for an image') -}}{%- endif -%}\n")
     if bos:
         parts.append(_lit(bos) + "\n")

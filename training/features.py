@@ -3,7 +3,8 @@
 What is cached is the input of the first module that trains: the vision features when the
 connector trains (LLaVA stage 1), the connector's output when it is frozen too (Ziya's Q-Former),
 so a training step runs only the trained modules and the LLM. One safetensors file per shard unit
-(`<unit.key>.safetensors`, tensor `features` [rows, tokens, width], zeros for text-only rows),
+(`<unit.key>.safetensors`: `features` [images, tokens, width], one entry per image of the unit in row
+order and a row's images in order; `offsets` [rows + 1], row i's images are features[offsets[i]:offsets[i+1]]),
 written atomically (`.tmp-<name>`, renamed) by the rank that owns the unit (`units[rank::world]`);
 a rerun skips units already cached and removes the temp file a killed run left. The folder name
 is a hash of what the features depend on (level, vision config and weights, feature
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from itertools import accumulate
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from common.files import rename_into_place, staging_path
-from training.data import ShardUnit, read_unit
+from training.data import ShardUnit, read_unit, row_images_bytes
 
 LEVELS = {"vision": "image_features", "connector": "connector_features"}
 """Cache level -> the model's keyword argument that takes the cached tensor."""
@@ -37,6 +39,7 @@ def cache_key(model, processor, level: str = "vision") -> str:
     """A hash of everything the cached tensors depend on (configs, processor, frozen weights)."""
     cfg = model.config
     h = hashlib.sha256()
+    h.update(b"per-image-v2")  # the file layout (features per image + row offsets)
     h.update(json.dumps([level, cfg.vision_config.to_dict()], sort_keys=True, default=str).encode())
     h.update(json.dumps([cfg.vision_feature_layer, cfg.vision_keep_cls, cfg.vision_post_layernorm]).encode())
     h.update(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
@@ -72,20 +75,15 @@ def build_feature_cache(model, units: list[ShardUnit], collator, folder: Path, r
         tmp.unlink(missing_ok=True)  # what a killed run of this rank was writing
         if path.is_file():
             continue
-        rows = read_unit(unit, ["image"])
-        with_image = [i for i, r in enumerate(rows) if r["image"] is not None and r["image"].get("bytes")]
+        per_row = [row_images_bytes(r) for r in read_unit(unit, ["image", "images"])]
+        images = [im for row in per_row for im in row]
+        offsets = torch.tensor([0, *accumulate(len(r) for r in per_row)], dtype=torch.long)
         chunks = []
-        for s in range(0, len(with_image), batch_size):
-            idx = with_image[s:s + batch_size]
-            pixels = collator.process([rows[i]["image"]["bytes"] for i in idx]).to(model.device)
+        for s in range(0, len(images), batch_size):
+            pixels = collator.process(images[s:s + batch_size]).to(model.device)
             chunks.append(encode_images(model, pixels, level).cpu())
-        if chunks:
-            feats = torch.cat(chunks)
-            out = torch.zeros((len(rows), *feats.shape[1:]), dtype=feats.dtype)
-            out[with_image] = feats
-        else:
-            out = torch.zeros((len(rows), 1, 1))
-        save_file({"features": out.contiguous()}, str(tmp))
+        out = torch.cat(chunks) if chunks else torch.zeros((0, 1, 1))
+        save_file({"features": out.contiguous(), "offsets": offsets.contiguous()}, str(tmp))
         rename_into_place(tmp, path)  # the umask's mode (safetensors writes 0600), fsynced first
     model.train(was_training)
     return folder

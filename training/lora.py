@@ -10,6 +10,10 @@
 | LLaVA stage 2               | LLaMA (or `llm: full`)   | projector                                         |
 | Ziya                        | optional, LLaMA          | projection (ViT + Q-Former frozen)                |
 
+LoRA targets of the LLM come from `LLM_LORA_TARGETS` (architecture -> its attention and MLP linear
+layers, read off transformers' modelling code), never from guessing by name: `lora.llm_targets` names
+the groups `attention` / `mlp` or modules of that table, and anything else is an error.
+
 Connector, projection and embeddings are peft `modules_to_save` (so `adapter_model.safetensors`
 holds them in full, as the VisualCLA release does); a vision tower or LLM trained in full is not
 wrapped and is saved in `non_lora_trainables.safetensors` (LLaVA's name for the same thing).
@@ -25,13 +29,41 @@ from training.config import LearningRates, LoraConfig, TrainableConfig
 
 CONNECTOR = ("visual_resampler", "image_projection_layer")
 
+_LLAMA_LIKE = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+LLM_LORA_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE, "gemma2": _LLAMA_LIKE,
+    "phi3": {"attention": ("qkv_proj", "o_proj"), "mlp": ("gate_up_proj", "down_proj")},
+}
+"""LLM architecture (config `model_type`) -> its linear layers LoRA adapts, by group. Mixture-of-experts
+models are not listed: transformers 5 fuses their experts into parameters, which are not linear layers."""
 
-def lora_target_regex(trainable: TrainableConfig, lora: LoraConfig) -> str | None:
+
+def llm_lora_targets(model_type: str, names: list[str]) -> list[str]:
+    """The module names `lora.llm_targets` means for this architecture (groups expanded); ValueError for
+    an architecture the table lacks or a name that is not one of its layers."""
+    table = LLM_LORA_TARGETS.get(model_type)
+    if table is None:
+        raise ValueError(f"no LoRA targets known for LLM architecture {model_type!r} (training.lora.LLM_LORA_TARGETS "
+                         f"knows {', '.join(sorted(LLM_LORA_TARGETS))}); add its layers there or train llm: full")
+    known = [m for group in table.values() for m in group]
+    out: list[str] = []
+    for name in names:
+        expanded = table.get(name, (name,))
+        bad = [m for m in expanded if m not in known]
+        if bad:
+            raise ValueError(f"lora.llm_targets: {bad[0]!r} is not a linear layer of {model_type} (its targets: "
+                             f"{', '.join(known)}; groups: {', '.join(table)})")
+        out += [m for m in expanded if m not in out]
+    return out
+
+
+def lora_target_regex(trainable: TrainableConfig, lora: LoraConfig, llm_type: str = "llama") -> str | None:
     parts = []
     if trainable.vision == "lora":
         parts.append(rf"vision_model\..*\.({'|'.join(lora.vision_targets)})")
     if trainable.llm == "lora":
-        parts.append(rf"text_model\..*\.({'|'.join(lora.llm_targets)})")
+        parts.append(rf"text_model\..*\.({'|'.join(llm_lora_targets(llm_type, lora.llm_targets))})")
     return "|".join(f"(?:{p})" for p in parts) or None
 
 
@@ -52,7 +84,7 @@ def setup_stage(model: nn.Module, trainable: TrainableConfig, lora: LoraConfig) 
     """Freeze everything, then open what the stage trains. Returns a PeftModel when LoRA is used."""
     model.requires_grad_(False)
     save, other = full_modules(trainable)
-    regex = lora_target_regex(trainable, lora)
+    regex = lora_target_regex(trainable, lora, model.config.text_config.model_type)
     if regex is not None:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model

@@ -1,4 +1,4 @@
-"""The model: vision encoder -> connector -> projection -> LLaMA, one class for all three presets.
+"""The model: vision encoder -> connector -> projection -> LLM, one class for every preset.
 
     config = VisualCLAConfig(vision_config=..., text_config=..., visual_resampler_config={...})
     model = VisualCLAModel(config)                        # random weights (meta device for sizing)
@@ -7,7 +7,10 @@
 Attribute names follow the VisualCLA release (`vision_model`, `text_model`, `visual_resampler`,
 `image_projection_layer`), so adapter keys read `base_model.model.text_model...` as theirs do.
 An image enters the text as `<img>` + N x `<img_token>` + `</img>`; `forward` overwrites the N
-`<img_token>` embeddings with the projected connector outputs, image by image in batch order.
+`<img_token>` embeddings with the projected connector outputs, image by image in batch order: a
+row's images in the order of their blocks, rows one after another (several images per row work
+the same as one). Vision: CLIP, BLIP-2 or SigLIP (no CLS token); LLM: any decoder-only model
+transformers implements (`AutoModelForCausalLM`; Llama 1/2/3, Qwen2/2.5/3, Mistral, ...).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     Blip2QFormerModel,
     Blip2VisionModel,
     CLIPVisionModel,
-    LlamaForCausalLM,
     PreTrainedConfig,
     PreTrainedModel,
+    SiglipVisionModel,
 )
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -31,7 +35,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from training.connectors import build_connector, num_image_tokens
 from training.data import IGNORE
 
-VISION_CLASSES = {"clip_vision_model": CLIPVisionModel, "blip_2_vision_model": Blip2VisionModel}
+VISION_CLASSES = {"clip_vision_model": CLIPVisionModel, "blip_2_vision_model": Blip2VisionModel,
+                  "siglip_vision_model": SiglipVisionModel}
+NO_CLS = ("siglip_vision_model",)
+"""Vision towers without a CLS token: every output token is a patch."""
+POST_NORMED = ("blip_2_vision_model", "siglip_vision_model")
+"""Towers whose `last_hidden_state` has been through their post-LayerNorm already (CLIP's has not)."""
 
 
 class VisualCLAConfig(PreTrainedConfig):
@@ -65,9 +74,13 @@ class VisualCLAConfig(PreTrainedConfig):
         return (self.visual_resampler_config or {}).get("kind", "resampler")
 
     @property
+    def has_cls(self) -> bool:
+        return self.vision_config.model_type not in NO_CLS
+
+    @property
     def vision_tokens(self) -> int:
         v = self.vision_config
-        return (v.image_size // v.patch_size) ** 2 + int(self.vision_keep_cls)
+        return (v.image_size // v.patch_size) ** 2 + int(self.vision_keep_cls and self.has_cls)
 
     @property
     def num_image_tokens(self) -> int:
@@ -79,13 +92,16 @@ class VisualCLAModel(PreTrainedModel):
     base_model_prefix = ""
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "Blip2EncoderLayer"]
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "Blip2EncoderLayer", "SiglipEncoderLayer"]
 
     def __init__(self, config: VisualCLAConfig, vision_model=None, text_model=None) -> None:
         super().__init__(config)
         vision_cls = VISION_CLASSES[config.vision_config.model_type]
         self.vision_model = vision_model if vision_model is not None else vision_cls(config.vision_config)
-        self.text_model = text_model if text_model is not None else LlamaForCausalLM(config.text_config)
+        if text_model is None:
+            text_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.text_model = text_model
+        self._no_split_modules = [*self._no_split_modules, *(text_model._no_split_modules or [])]
         text_width = config.text_config.hidden_size
         self.visual_resampler, width = build_connector(
             config.connector_kind, config.vision_config.hidden_size, text_width,
@@ -115,7 +131,8 @@ class VisualCLAModel(PreTrainedModel):
         if config.vision_name_or_path:
             vision_model = load_vision(config, dtype)
         if config.text_name_or_path:
-            text_model = LlamaForCausalLM.from_pretrained(config.text_name_or_path, dtype=dtype)
+            text_model = AutoModelForCausalLM.from_pretrained(config.text_name_or_path, dtype=dtype,
+                                                              trust_remote_code=False)
         if text_model is not None:
             resize_embeddings(text_model, config.text_config.vocab_size)
         model = cls(config, vision_model=vision_model, text_model=text_model)
@@ -134,26 +151,27 @@ class VisualCLAModel(PreTrainedModel):
         transformers' `output_hidden_states` path would run them all and keep every layer's output).
         """
         cfg = self.config
-        blip2 = cfg.vision_config.model_type == "blip_2_vision_model"
+        post_normed = cfg.vision_config.model_type in POST_NORMED
         pixel_values = pixel_values.to(self.vision_model.dtype)
         layers = cfg.vision_config.num_hidden_layers
         depth = cfg.vision_feature_layer % (layers + 1)  # hidden_states[i] is the output of i layers
-        if depth == layers and (cfg.vision_post_layernorm or not blip2):
+        if depth == layers and (cfg.vision_post_layernorm or not post_normed):
             h = self.vision_model(pixel_values=pixel_values).last_hidden_state
-            normed = blip2  # BLIP-2 applies its post-LN to last_hidden_state, CLIP does not
+            normed = post_normed  # BLIP-2 and SigLIP apply their post-LN to last_hidden_state, CLIP does not
         else:
-            h, normed = self._first_layers(pixel_values, depth, blip2), False
+            h, normed = self._first_layers(pixel_values, depth), False
         if cfg.vision_post_layernorm and not normed:
             h = self._vision_inner().post_layernorm(h)
-        return h if cfg.vision_keep_cls else h[:, 1:]
+        return h if cfg.vision_keep_cls or not cfg.has_cls else h[:, 1:]
 
     def _vision_inner(self) -> nn.Module:
         return getattr(self.vision_model, "vision_model", self.vision_model)
 
-    def _first_layers(self, pixel_values: torch.Tensor, depth: int, blip2: bool) -> torch.Tensor:
+    def _first_layers(self, pixel_values: torch.Tensor, depth: int) -> torch.Tensor:
         inner = self._vision_inner()
+        blip2 = self.config.vision_config.model_type == "blip_2_vision_model"
         h = inner.embeddings(pixel_values)
-        if not blip2:
+        if hasattr(inner, "pre_layrnorm"):  # CLIP's pre-LayerNorm (BLIP-2 and SigLIP have none)
             h = inner.pre_layrnorm(h)
         for layer in inner.encoder.layers[:depth]:
             h = layer(h) if blip2 else layer(h, None)
@@ -192,7 +210,7 @@ class VisualCLAModel(PreTrainedModel):
                 kwargs["num_items_in_batch"] = num_items_in_batch
             return self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    use_cache=False, **kwargs)
-        hidden = self.text_model.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
+        hidden = self.text_model.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
                                        **kwargs).last_hidden_state
         loss = causal_lm_loss(self.text_model.get_output_embeddings(), hidden, labels, num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss)
@@ -230,7 +248,7 @@ def causal_lm_loss(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tenso
 
 # ---- loading parts ------------------------------------------------------------------------------
 
-def resize_embeddings(text_model: LlamaForCausalLM, vocab_size: int) -> None:
+def resize_embeddings(text_model: PreTrainedModel, vocab_size: int) -> None:
     """Grow the vocabulary to `vocab_size`; new rows are the mean of the old ones (deterministic,
     so a base rebuilt from the same folder is the same model)."""
     old = text_model.get_input_embeddings().num_embeddings
@@ -243,14 +261,16 @@ def resize_embeddings(text_model: LlamaForCausalLM, vocab_size: int) -> None:
 
 
 def load_vision(config: VisualCLAConfig, dtype=None) -> nn.Module:
-    """The vision tower from its folder: a CLIP(Vision) or a BLIP-2 vision checkpoint, or a
-    full BLIP-2 checkpoint (its `vision_model.*` tensors)."""
+    """The vision tower from its folder: a CLIP(Vision), SigLIP(Vision) or BLIP-2 vision checkpoint, or a
+    full BLIP-2 checkpoint (its `vision_model.*` tensors). SigLIP loads with our config (no pooling head)."""
     path = Path(config.vision_name_or_path)
     cls = VISION_CLASSES[config.vision_config.model_type]
     if cls is Blip2VisionModel and _model_type(path) == "blip-2":
         model = Blip2VisionModel(config.vision_config)
         _load_prefixed(model, path, "vision_model.")
         return model.to(dtype) if dtype is not None else model
+    if cls is SiglipVisionModel:
+        return cls.from_pretrained(path, config=config.vision_config, dtype=dtype)
     return cls.from_pretrained(path, dtype=dtype)
 
 

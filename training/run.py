@@ -28,6 +28,7 @@ from transformers.utils import logging as hf_logging
 from common.files import atomic_folder, clean_stale_temp_files, write_json
 from common.layout import MANIFEST_FILE, STAGE_FILE
 from templates.instructions import PROMPT_RECORD, HintPolicy
+from templates.registry import get_template
 from training.build import build_image_processor, build_model, build_tokenizer_for, model_dtype, prepare_base
 from training.checkpoint import (
     WRITE_ERRORS,
@@ -84,17 +85,27 @@ def uses_init(cfg: ModelConfig) -> bool:
     return cfg.vision.init is not None or cfg.llm.init is not None
 
 
-def check_template(units, stage_cfg: StageConfig) -> None:
+def check_template(units, template: str) -> None:
     import pyarrow.parquet as pq
 
     found = set(pq.ParquetFile(units[0].file).read_row_group(units[0].row_group, columns=["template"])
                 .column("template").to_pylist())
-    if found != {stage_cfg.template}:
+    if found != {template}:
         raise ValueError(f"shards were rendered with template(s) {sorted(found)}, the stage says "
-                         f"{stage_cfg.template!r}: chat would not see what training saw")
+                         f"{template!r}: chat would not see what training saw")
 
 
-def shard_prompt(shards_dir: Path, stage_cfg: StageConfig) -> dict:
+def resolved_stage(stage_cfg: StageConfig, text_config) -> StageConfig:
+    """The stage with `template: auto` replaced by the LLM architecture's format (`templates.registry`)."""
+    from templates.registry import AUTO, resolve_template
+
+    if stage_cfg.template != AUTO:
+        return stage_cfg
+    name = resolve_template(AUTO, text_config.model_type, int(text_config.vocab_size))
+    return stage_cfg.model_copy(update={"template": name})
+
+
+def shard_prompt(shards_dir: Path, stage_cfg: StageConfig) -> dict:  # stage_cfg: template resolved
     """How the shard set's rows ask, for the stage folder (stage.json `prompt`): the manifest's short-answer
     VQA hint and its length rule, and the stage's template (`check_template` holds it to the shards').
     eval and chat read it there, so they ask as training saw. A manifest without the record (renders of
@@ -253,11 +264,12 @@ def train_stage(
         processor = build_image_processor(model_cfg)
         model = build_model(model_cfg, tokenizer, dtype)
     config = model.config
+    stage_cfg = resolved_stage(stage_cfg, config.text_config)  # `template: auto` -> the LLM's format
 
     # 4. data: this rank's shard units; the feature cache if the vision encoder is frozen
     workers = max(1, stage_cfg.dataloader_workers)
     units = shard_units(subset_files(shards_dir, stage_cfg.data), world * workers)
-    check_template(units, stage_cfg)
+    check_template(units, stage_cfg.template)
     rows = count_rows(units)
     if stage_cfg.max_steps:
         batches = stage_cfg.max_steps * stage_cfg.grad_accum
@@ -280,7 +292,7 @@ def train_stage(
     stream = ShardStream(units, tokenizer, collator, StreamConfig(
         batch_size=stage_cfg.batch_size, max_length=stage_cfg.max_length, num_image_tokens=config.num_image_tokens,
         batches_per_rank=batches, length_grouping=stage_cfg.length_grouping, seed=seed, rank=rank,
-        world_size=world, feature_cache=cache, feature_key=feature_key,
+        world_size=world, feature_cache=cache, feature_key=feature_key, eos=get_template(stage_cfg.template).eos,
     ))
 
     # 5. what trains
@@ -309,7 +321,7 @@ def train_stage(
         "train_runtime": result.metrics.get("train_runtime"),
         "samples_per_second": trainer.samples / wall, "tokens_per_second": tokens / wall,
         "parameters": total, "trainable_parameters": trainable, "world_size": world,
-        "skipped_too_long": stream.skipped, "resumed_from": portable_path(checkpoint, out_dir),  # relative: checkpoints/checkpoint-N
+        "resumed_from": portable_path(checkpoint, out_dir),  # relative: checkpoints/checkpoint-N
     }
     if rank == 0:
         meta = {

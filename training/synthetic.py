@@ -54,7 +54,7 @@ def _row(i: int, subset: str, template: str, pairs, image: bytes | None, task: s
     }
 
 
-def make_rows(num_images: int, seed: int = 0, text_rows: int = 8):
+def make_rows(num_images: int, seed: int = 0, text_rows: int = 8, sft_template: str = "visualcla"):
     rng = random.Random(seed)
     colours, shapes = list(COLOURS), list(SHAPE_DRAWERS)
     pretrain, sft = [], []
@@ -64,21 +64,21 @@ def make_rows(num_images: int, seed: int = 0, text_rows: int = 8):
         pretrain.append(_row(i, "pretrain", "none", [("", f"一个{c}的{s}。")], img, "caption"))
         if i % 4 == 3:
             pairs = [(f"图中是什么形状？", f"{s}。"), (f"它是什么颜色？", f"它是{c}的。")]
-            sft.append(_row(i, "sft", "visualcla", pairs, img, "conversation"))
+            sft.append(_row(i, "sft", sft_template, pairs, img, "conversation"))
         else:
-            sft.append(_row(i, "sft", "visualcla", [(f"{s}是什么颜色？\n{HINT}", c)], img, "vqa"))
+            sft.append(_row(i, "sft", sft_template, [(f"{s}是什么颜色？\n{HINT}", c)], img, "vqa"))
     for j in range(text_rows):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
-        sft.append(_row(num_images + j, "sft", "visualcla", [(f"{a}加{b}等于几？", f"{a}加{b}等于{a + b}。")],
+        sft.append(_row(num_images + j, "sft", sft_template, [(f"{a}加{b}等于几？", f"{a}加{b}等于{a + b}。")],
                         None, "text"))
     rng.shuffle(sft)
     return pretrain, sft
 
 
 def write_synthetic_shards(out: Path, num_images: int = 64, seed: int = 0, row_group_rows: int = 16,
-                           files_per_subset: int = 2) -> Path:
+                           files_per_subset: int = 2, sft_template: str = "visualcla") -> Path:
     out = Path(out)
-    pretrain, sft = make_rows(num_images, seed)
+    pretrain, sft = make_rows(num_images, seed, sft_template=sft_template)
     for subset, rows in (("pretrain", pretrain), ("sft", sft)):
         folder = out / "data" / subset / "train"
         folder.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@
   `<unk>`, `<s>`, `</s>`, 256 `<0xNN>` byte tokens, every character seen as a token, merges that
   may cross spaces so template boilerplate becomes a few tokens) with `tokenizers`, offline.
   It is a `PreTrainedTokenizerFast`; `save_pretrained` + `AutoTokenizer.from_pretrained` round-trip.
+  The control tokens of chat formats found in the texts (ChatML's `<|im_start|>`, Llama-3's headers:
+  `Template.special_tokens`) become special tokens, one id each, as in the real tokenizers.
 """
 
 from __future__ import annotations
@@ -59,5 +61,16 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency:
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK,
                                    clean_up_tokenization_spaces=False)
+    controls = template_tokens_in(texts)
+    if controls:
+        fast.add_special_tokens({"additional_special_tokens": controls}, replace_extra_special_tokens=False)
     add_image_tokens(fast)
     return fast
+
+
+def template_tokens_in(texts: list[str]) -> list[str]:
+    """The chat-format control tokens of the registered templates that occur in `texts`, in a fixed order."""
+    from templates.registry import TEMPLATES
+
+    wanted = dict.fromkeys(t for template in TEMPLATES.values() for t in template.special_tokens)
+    return [t for t in wanted if any(t in text for text in texts)]

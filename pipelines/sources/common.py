@@ -179,22 +179,32 @@ def to_messages(turns: Any, role_key: str, text_key: str) -> tuple[list[Message]
 
 
 class TooManyImages(ValueError):
-    """The item has several images; a record carries one."""
+    """The item has more images than a record may carry (`MAX_IMAGES`)."""
 
 
-def single_image(value: Any) -> str | None:
-    """A source's `image` field (a string, a list of strings, or absent) -> one reference.
+MAX_IMAGES = 16
+"""Images one record may carry (LLaVA-Interleave items have a few; Ziya-Visual's story three)."""
 
-    Raises TooManyImages for more than one image."""
+
+def source_images(value: Any) -> str | list[str] | None:
+    """A source's `image` field (a string, a list of strings, or absent) -> the record's `image`: one
+    reference, a list for several (LLaVA-Interleave's layout), None. Raises TooManyImages past MAX_IMAGES."""
     if value is None or value == [] or value == "":
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        if len(value) > 1:
-            raise TooManyImages(f"{len(value)} images; a record carries one")
-        return value[0]
-    raise MissingField(f"image must be a string or a list of strings, got {type(value).__name__}")
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        if len(value) > MAX_IMAGES:
+            raise TooManyImages(f"{len(value)} images; a record carries at most {MAX_IMAGES}")
+        return value[0] if len(value) == 1 else list(value)
+    raise MissingField(f"image must be a string or a list of non-empty strings, got {value!r:.80}")
+
+
+def resolve_images(cfg: SourceConfig, refs: str | list[str] | None) -> str | list[str] | None:
+    """`resolve_image` for each reference of `source_images`' result."""
+    if refs is None:
+        return None
+    return [resolve_image(cfg, r) for r in refs] if isinstance(refs, list) else resolve_image(cfg, refs)
 
 
 def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:

@@ -6,8 +6,9 @@
 
 Covers llava_instruct_150k.json (= conversation_58k + detail_23k + complex_reasoning_77k),
 the pre-training chat.json (CC3M-595K) and blip_laion_cc_sbu_558k.json, and the v1.5 mix
-(text-only items have no `image`). `image` may be a string or a one-item list. The file is
-a single JSON array and is streamed item by item.
+(text-only items have no `image`). `image` may be a string or a list: several images in the
+LLaVA-Interleave layout, their `<image>` markers anywhere in the human turns, one per image
+(validation checks the count). The file is a single JSON array and is streamed item by item.
 
 Task: `text` without an image; `caption` for a single exchange whose instruction is one of
 LLaVA's brief-description prompts (the pre-training files); else `conversation`. The
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.recipe import SourceConfig
-from pipelines.sources.common import Item, need, resolve_image, single_image, source_lang, to_item, to_messages
+from pipelines.sources.common import Item, need, resolve_images, source_images, source_lang, to_item, to_messages
 from pipelines.sources.jsonstream import JsonStreamError, iter_json_array
 from templates.schema import IMAGE_PLACEHOLDER, Record, make_id
 
@@ -60,7 +61,7 @@ def guess_part(file_name: str) -> str | None:
 def make_record(cfg: SourceConfig, row: dict, part: str | None) -> Record:
     original_id = need(row, "id", (str, int))
     messages, system = to_messages(need(row, "conversations", list), "from", "value")
-    image = single_image(row.get("image"))
+    image = source_images(row.get("image"))
     meta = {"original_id": original_id}
     if part:
         meta["part"] = part
@@ -71,16 +72,16 @@ def make_record(cfg: SourceConfig, row: dict, part: str | None) -> Record:
         source=cfg.name,
         task=cfg.task or infer_task(messages, image),
         messages=messages,
-        image=None if image is None else resolve_image(cfg, image),
+        image=resolve_images(cfg, image),
         lang=source_lang(cfg),
         meta=meta,
     )
 
 
-def infer_task(messages: list, image: str | None) -> str:
+def infer_task(messages: list, image: str | list[str] | None) -> str:
     if image is None:
         return "text"
-    if len(messages) == 2:
+    if len(messages) == 2 and isinstance(image, str):
         prompt = re.sub(r"\s+", " ", messages[0]["content"].replace(IMAGE_PLACEHOLDER, "")).strip()
         if prompt in CAPTION_PROMPTS:
             return "caption"

@@ -5,7 +5,8 @@
      "images": ["path/or/url.jpg"]}
 
 `conversations` with `from`/`value` (ShareGPT4V) is read as well. A leading `system` turn
-goes to `meta.system`. Items without an `id` get one from a hash of their content.
+goes to `meta.system`. Items without an `id` get one from a hash of their content. Several `images`
+make a multi-image record (their `<image>` markers in any user turn, one per image).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pipelines.sources.common import (
     Item,
     MissingField,
     content_id,
-    resolve_image,
-    single_image,
+    resolve_images,
+    source_images,
     source_lang,
     to_item,
     to_messages,
@@ -45,7 +46,7 @@ def make_record(cfg: SourceConfig, row: Any) -> Record:
         messages, system = to_messages(row["conversations"], "from", "value")
     else:
         raise MissingField("field 'messages' (or 'conversations') is missing")
-    image = single_image(row.get("images", row.get("image")))
+    image = source_images(row.get("images", row.get("image")))
     original_id = row.get("id") or content_id(row.get("messages") or row.get("conversations"), image)
     meta: dict[str, Any] = {"original_id": original_id}
     if system is not None:
@@ -55,7 +56,7 @@ def make_record(cfg: SourceConfig, row: Any) -> Record:
         source=cfg.name,
         task=cfg.task or ("conversation" if image else "text"),
         messages=messages,
-        image=None if image is None else resolve_image(cfg, image),
+        image=resolve_images(cfg, image),
         lang=source_lang(cfg),
         meta=meta,
     )

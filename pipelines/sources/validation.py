@@ -10,7 +10,8 @@ are the keys counted in the step's report:
     unknown_role          a role other than human/gpt/user/assistant
     empty_turn            a turn whose text is empty or only whitespace
     bad_turn_order        roles do not alternate user, assistant, ... ending with the assistant
-    image_count_mismatch  the number of `<image>` placeholders differs from the number of images
+    image_count_mismatch  the number of `<image>` placeholders differs from the number of images (a single
+                          image may go unmarked: it leads the first turn), or one stands in an answer
     field_too_long        a turn, the image reference, the whole conversation or `meta` is over
                           its size limit (below); the rejection row keeps a cut copy
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 
-from templates.schema import IMAGE_PLACEHOLDER, Record
+from templates.schema import IMAGE_PLACEHOLDER, Record, images_of
 
 Rejection = tuple[str, str] | None
 
@@ -56,8 +57,9 @@ def check_sizes(record: Record) -> Rejection:
             return "field_too_long", f"messages[{i}]: {n:,} characters (limit {MAX_TURN_CHARS:,})"
     if total > MAX_RECORD_CHARS:
         return "field_too_long", f"messages: {total:,} characters in all (limit {MAX_RECORD_CHARS:,})"
-    if isinstance(record.image, str) and len(record.image) > MAX_IMAGE_REF_CHARS:
-        return "field_too_long", f"image: reference of {len(record.image):,} characters (limit {MAX_IMAGE_REF_CHARS:,})"
+    for ref in images_of(record):
+        if isinstance(ref, str) and len(ref) > MAX_IMAGE_REF_CHARS:
+            return "field_too_long", f"image: reference of {len(ref):,} characters (limit {MAX_IMAGE_REF_CHARS:,})"
     try:
         meta = len(json.dumps(record.meta, default=str))
     except (TypeError, ValueError):  # keys JSON cannot hold
@@ -68,7 +70,7 @@ def check_sizes(record: Record) -> Rejection:
 
 
 def check_utf8(record: Record) -> Rejection:
-    texts = [("image", record.image)] + [(f"messages[{i}]", m.get("content")) for i, m in enumerate(record.messages)]
+    texts = [("image", ref) for ref in images_of(record)] + [(f"messages[{i}]", m.get("content")) for i, m in enumerate(record.messages)]
     for where, text in texts:
         if isinstance(text, str) and not _is_utf8(text):
             bad = next(ch for ch in text if 0xD800 <= ord(ch) <= 0xDFFF)
@@ -82,7 +84,7 @@ def legacy_encoding(record: Record) -> str | None:
     Only a hint for the rejection detail (re-save the file as UTF-8): text is never decoded with it, as a
     wrong guess would corrupt it silently. GBK when its bytes decode as GBK to CJK text, else cp1252 when
     they decode as cp1252. Undecodable bytes reach the text as U+DC80..U+DCFF (`jsonstream.ESCAPE_ERRORS`)."""
-    texts = [record.image] + [m.get("content") for m in record.messages if isinstance(m, dict)]
+    texts = images_of(record) + [m.get("content") for m in record.messages if isinstance(m, dict)]
     text = next((t for t in texts if isinstance(t, str) and not _is_utf8(t)), None)
     if text is None:
         return None
@@ -143,7 +145,10 @@ def check_turns(record: Record) -> Rejection:
 
 def check_image_count(record: Record) -> Rejection:
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in record.messages)
-    images = 0 if record.image is None else 1
+    images = len(images_of(record))
     if placeholders != images:
         return "image_count_mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {images} image(s)"
+    in_answers = [i for i, m in enumerate(record.messages) if m["role"] == "assistant" and IMAGE_PLACEHOLDER in m["content"]]
+    if in_answers:
+        return "image_count_mismatch", f"messages[{in_answers[0]}] (an answer) holds {IMAGE_PLACEHOLDER}; images go in user turns"
     return None

@@ -35,8 +35,10 @@ SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user
 Shards = dict[tuple[str, str], list[ShardFile]]
 
 
-def write_card_files(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StepStats) -> None:
-    manifest = build_manifest(out_dir, recipe, shards, counts, stats)
+def write_card_files(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StepStats,
+                     templates: dict[str, str] | None = None, lengths: dict | None = None) -> None:
+    """`templates`: {subset: name} with `auto` resolved; `lengths`: the manifest's `token_lengths`."""
+    manifest = build_manifest(out_dir, recipe, shards, counts, stats, templates, lengths)
     write_json(out_dir / MANIFEST_FILE, manifest)
     write_json(out_dir / "dataset_info.json", llamafactory_info(recipe, shards))
     with atomic_open(out_dir / "README.md", "w", encoding="utf-8") as f:
@@ -57,24 +59,26 @@ def _relative(out_dir: Path, shard: ShardFile) -> str:
     return shard.path.relative_to(out_dir).as_posix()
 
 
-def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StepStats) -> dict:
+def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, stats: StepStats,
+                   templates: dict[str, str] | None = None, lengths: dict | None = None) -> dict:
     by_split, by_source, by_task = Counter(), defaultdict(Counter), defaultdict(Counter)
     for (subset, split, source, task), n in sorted(counts.items()):
         by_split[f"{subset}/{split}"] += n
         by_source[source][f"{subset}/{split}"] += n
         by_task[task][f"{subset}/{split}"] += n
     render = recipe.render
-    return {
+    templates = templates or {"pretrain": render.pretrain_template, "sft": render.sft_template}
+    manifest = {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "name": recipe.name,
         "columns": list(ROW_COLUMNS),
         "templates": {
-            "pretrain": asdict(get_template(render.pretrain_template)),
-            "sft": asdict(get_template(render.sft_template)),
+            "pretrain": asdict(get_template(templates["pretrain"])),
+            "sft": asdict(get_template(templates["sft"])),
         },
         "image_block": {"marker": IMAGE_BLOCK, "expands_to": "<img> + N x <img_token> + </img>"},
-        PROMPT_RECORD: prompt_record(render),
+        PROMPT_RECORD: prompt_record(render, templates),
         "shards": [
             {"path": _relative(out_dir, f), "config": subset, "split": split, "rows": f.rows, "bytes": f.bytes,
              "sha256": f.sha256}
@@ -91,6 +95,9 @@ def build_manifest(out_dir: Path, recipe: Any, shards: Shards, counts: Counter, 
         "recipe": recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else None,
         "versions": package_versions(),
     }
+    if lengths is not None:
+        manifest["token_lengths"] = lengths
+    return manifest
 
 
 def curation_counts(recipe: Any) -> dict | None:
@@ -104,11 +111,12 @@ def curation_counts(recipe: Any) -> dict | None:
     return {"read": stats["read"], "kept": stats["kept"], "rejected": stats["rejected"], "images": images}
 
 
-def prompt_record(render: Any) -> dict:
+def prompt_record(render: Any, templates: dict[str, str] | None = None) -> dict:
     """How the rows ask: the short-answer VQA hint, its length rule and the template of each subset.
     Training copies it into the stage folder (stage.json), where eval and chat read it."""
     policy = HintPolicy(render.vqa_hint, render.vqa_hint_max_chars)
-    return {**policy.to_record(), "templates": {"pretrain": render.pretrain_template, "sft": render.sft_template}}
+    templates = templates or {"pretrain": render.pretrain_template, "sft": render.sft_template}
+    return {**policy.to_record(), "templates": dict(templates)}
 
 
 def _glob(subset: str, split: str) -> str:
@@ -183,10 +191,14 @@ def _intro(recipe: Any, manifest: dict) -> str:
         f"{_hint_line(manifest[PROMPT_RECORD])}\n\n"
         "Each row holds `turns`, a list of `{prompt, response}` already rendered with the template: "
         "the full text is `prompt_1 + response_1 + prompt_2 + ...`, prompts are masked from the loss, "
-        "the tokenizer adds BOS before and EOS after. An image appears once in the first prompt as the "
+        "the tokenizer adds BOS before and EOS after. An image appears in a prompt as the "
         f"marker `{IMAGE_BLOCK}`; a trainer replaces it with `<img>` + N x `<img_token>` + `</img>` "
-        "(N = number of connector outputs). `messages` holds the same conversation before templating, "
-        "with `<image>` leading the first user turn."
+        "(N = number of connector outputs). A row with one image has it in `image`, its marker in the first "
+        "prompt; a row with several has them in `images` (a list of images), the k-th marker in text order "
+        "being the k-th image, in any user turn. `messages` holds the same conversation before templating, "
+        "with `<image>` where each image goes (leading the first user turn for one image). Rows are "
+        "fitted to the training max_length: whole trailing turns are dropped, never a part of one "
+        "(`manifest.json` `token_lengths`)."
     )
 
 

@@ -6,9 +6,11 @@ Blocks, in order (each counts what it kept and rejects with a reason, never rais
 
 1. `read_records`: every line of ``in_dir/records/*.jsonl`` (files in name order) as a `Record`.
 2. `RowBuilder.build`: caption records become stage-1 (`pretrain`) rows with the pre-training
-   template; vqa / conversation / text records become stage-2 (`sft`) rows. The image file is
-   read, checked and embedded; the split is chosen by the image's sha256 (text rows: by id),
-   so no image is in both train and validation.
+   template; vqa / conversation / text records become stage-2 (`sft`) rows. The image files are
+   read, checked and embedded (one in `image`, several in `images`, in marker order); the split is
+   chosen by the first image's sha256 (text rows: by id), so no image is in both train and
+   validation. Each row is then fitted to its stage's max_length (`lengths.LengthRule`: trailing
+   turns dropped, or the row rejected as `too_long`), measured with the LLM's tokenizer.
 3. Spill (`pipelines.shards.BucketSpill`) by a seeded hash of the id: the external shuffle.
 4. `plan_mix`: counts distinct multimodal and text-only sft rows per split and finds which text
    rows to keep so that text = round(text_per_multimodal x multimodal) per split (the
@@ -47,6 +49,7 @@ from pipelines.core.errors import StepFailed
 from pipelines.core.rejects import RejectWriter
 from pipelines.core.stats import StepStats
 from pipelines.steps.render.card import write_card_files
+from pipelines.steps.render.lengths import LengthRule, histogram, length_rules, summary
 from pipelines.steps.render.shards import (
     KEY,
     ORDER,
@@ -61,17 +64,27 @@ from pipelines.steps.render.shards import (
     sort_order,
     sorted_bucket,
 )
-from templates.instructions import HintPolicy, InstructionError, caption_of, instruction_pairs, sharegpt_messages
-from templates.registry import get_template
+from templates.image import count_image_blocks
+from templates.instructions import (
+    HintPolicy,
+    InstructionError,
+    caption_of,
+    image_placement,
+    instruction_pairs,
+    sharegpt_messages,
+)
+from templates.registry import AUTO, get_template
 from templates.rows import LINEAGE_FIELDS, ROW_SCHEMA, SPLITS, SUBSETS
-from templates.schema import Record
+from templates.schema import Record, images_of
 from templates.template import Template, render_turns
 
 STEP_NAME = "render"
-SEL, SPLIT, MIX, LOC = "_sel", "_split", "_mix", "_loc"
-HIDDEN = {KEY: pa.uint64(), SEL: pa.uint64(), SPLIT: pa.string(), MIX: pa.bool_(), ORDER: pa.int64(), LOC: pa.string()}
+SEL, SPLIT, MIX, LOC, LEN = "_sel", "_split", "_mix", "_loc", "_len"
+HIDDEN = {KEY: pa.uint64(), SEL: pa.uint64(), SPLIT: pa.string(), MIX: pa.bool_(), ORDER: pa.int64(), LOC: pa.string(),
+          LEN: pa.int32()}
 """Columns a row carries through the shuffle only: shuffle key, mix hash, split, text-only flag,
-input position, input location (for rejections)."""
+input position, input location (for rejections), token length (null when not measured)."""
+IMAGE_COLUMNS = ["image", "images"]
 HIDDEN_COLUMNS = tuple(HIDDEN)
 SPILL_SCHEMA = pa.schema([*ROW_SCHEMA.remove_metadata(), *(pa.field(k, t) for k, t in HIDDEN.items())])
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
@@ -80,9 +93,9 @@ Mapper = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
 
 class RenderReject(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", figures: dict | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.figures = reason, detail, figures
 
 
 def seeded_hash(seed: int, purpose: str, value: str) -> int:
@@ -185,6 +198,10 @@ class RowBuilder:
     images: ImageLoader
     seed: int = 0
     validation_fraction: float = 0.0
+    fits: dict[str, LengthRule] = field(default_factory=dict)
+    """Per subset, how long a row may be (`lengths.length_rules`); none: rows are not measured."""
+    shortened: int = 0
+    """Rows whose trailing turns were dropped to fit."""
 
     def build(self, record: Record, loc: str, order: int) -> dict[str, Any]:
         _check_field_types(record)
@@ -194,34 +211,59 @@ class RowBuilder:
             pairs = [("", caption_of(record))] if subset == "pretrain" else instruction_pairs(record, self.policy)
         except InstructionError as e:
             raise RenderReject(e.reason, e.detail) from None
-        image = self.images.load(record.image) if record.image is not None else None
-        split_key = image.sha256 if image else record.id
+        images = [self.images.load(ref) for ref in images_of(record)]
+        slot = image_placement(record) == "slot"
+        turns = render_turns(template, pairs, image=slot)
+        turns, pairs, images, tokens = self._fit(subset, turns, pairs, images)
+        split_key = images[0].sha256 if images else record.id
         return {
             "id": record.id, "source": record.source, "task": record.task, "lang": record.lang,
             "stage": subset, "template": template.name,  # the subset column is named `stage` (templates.rows)
-            "turns": render_turns(template, pairs, image=image is not None),
-            "messages": sharegpt_messages(pairs, image is not None),
+            "turns": turns,
+            "messages": sharegpt_messages(pairs, slot),
             "messages_en": _plain_messages(record.messages_en),
-            "image": {"bytes": image.data, "path": image.name} if image else None,
-            "lineage": lineage_of(record, image),
+            "image": {"bytes": images[0].data, "path": images[0].name} if len(images) == 1 else None,
+            "images": [{"bytes": im.data, "path": im.name} for im in images] if len(images) > 1 else None,
+            "lineage": lineage_of(record, images),
             "meta": json.dumps(record.meta, ensure_ascii=False, sort_keys=True, default=str),
             KEY: seeded_hash(self.seed, "shuffle", record.id),
             SEL: seeded_hash(self.seed, "mix", record.id),
             SPLIT: self.split_of(split_key),
-            MIX: subset == "sft" and image is None,
-            ORDER: order, LOC: loc,
+            MIX: subset == "sft" and not images,
+            ORDER: order, LOC: loc, LEN: tokens,
         }
+
+    def _fit(self, subset: str, turns: list, pairs: list, images: list) -> tuple[list, list, list, int | None]:
+        """The row's whole leading turns that fit its stage's max_length (with the images their prompts
+        hold) and its tokens; RenderReject `too_long` when not even the first turn fits."""
+        rule = self.fits.get(subset)
+        if rule is None:
+            return turns, pairs, images, None
+        kept, tokens, whole = rule.fit(turns, len(images))
+        if kept == 0:
+            raise RenderReject("too_long", f"{whole} tokens, and its first turn alone does not fit max_length "
+                               f"{rule.max_length} (stages' max_length for {subset}; {rule.num_image_tokens} tokens "
+                               "per image)", {"tokens": whole, "max_length": rule.max_length, "turns": len(turns),
+                                              "images": len(images), "image_tokens": rule.num_image_tokens})
+        if kept < len(turns):
+            self.shortened += 1
+            turns, pairs = turns[:kept], pairs[:kept]
+            images = images[:sum(count_image_blocks(t["prompt"]) for t in turns)]
+        return turns, pairs, images, tokens
 
     def split_of(self, key: str) -> str:
         return "validation" if seeded_hash(self.seed, "split", key) < self.validation_fraction * 2**64 else "train"
 
     @staticmethod
     def _check_image_fits(record: Record, template: Template) -> None:
-        if record.task == "text" and record.image is not None:
+        images = images_of(record)
+        if record.task == "text" and images:
             raise RenderReject("image_on_text_record", f"task 'text' with image {record.image}")
-        if record.task != "text" and record.image is None:
+        if record.task != "text" and not images:
             raise RenderReject("missing_image", f"task {record.task!r} without an image")
-        if record.image is not None and not template.supports_image:
+        if record.task == "caption" and len(images) > 1:
+            raise RenderReject("image_count_mismatch", f"a caption record with {len(images)} images")
+        if images and not template.supports_image:
             raise RenderReject("template_has_no_image_slot", f"template {template.name!r} cannot place an image")
 
 
@@ -229,15 +271,16 @@ ORIGINAL_ID_KEYS = ("original_id", "question_id", "annotation_id", "id", "image_
 """Where readers keep the source's own id in `meta` (LLaVA, VQA-style, COCO, URL lists); first found wins."""
 
 
-def lineage_of(record: Record, image: LoadedImage | None) -> dict[str, str | None]:
+def lineage_of(record: Record, images: list[LoadedImage]) -> dict[str, str | None]:
     """Where a row came from: the source's id, the image URL download fetched (``meta.image_url``,
-    else the record's reference), and translation's model, prompt version and QA verdicts."""
+    else the record's reference(s)), and translation's model, prompt version and QA verdicts."""
     meta, tr = record.meta, record.translation or {}
     qa = tr.get("qa")
+    refs = images_of(record)
     values = {
         "original_id": next((meta[k] for k in ORIGINAL_ID_KEYS if meta.get(k) is not None), None),
-        "image_url": meta.get("image_url", meta.get("url", record.image)),
-        "image_sha256": image.sha256 if image else None,
+        "image_url": meta.get("image_url", meta.get("url", ",".join(refs) if refs else None)),
+        "image_sha256": ",".join(im.sha256 for im in images) if images else None,
         "translator_model": tr.get("model"),
         "prompt_version": tr.get("prompt_version"),
         "qa": json.dumps(qa, ensure_ascii=False, sort_keys=True, default=str) if qa is not None else None,
@@ -250,8 +293,9 @@ def _check_field_types(record: Record) -> None:
     for name in ("id", "source", "lang"):
         if not isinstance(getattr(record, name), str):
             raise TypeError(f"{name} must be a string, got {type(getattr(record, name)).__name__}")
-    if record.image is not None and not isinstance(record.image, str):
-        raise TypeError(f"image must be a string reference, got {type(record.image).__name__}")
+    refs = record.image if isinstance(record.image, list) else [record.image]
+    if record.image is not None and not (refs and all(isinstance(r, str) for r in refs)):
+        raise TypeError(f"image must be a string reference or a list of them, got {record.image!r:.80}")
 
 
 def _plain_messages(messages: list[dict] | None) -> list[dict] | None:
@@ -273,13 +317,14 @@ def spill_rows(
         try:
             row = builder.build(record, loc, order)
         except RenderReject as e:
-            rejects.reject(source=record.source, reason=e.reason, detail=e.detail, record_id=record.id, location=loc)
+            rejects.reject(source=record.source, reason=e.reason, detail=e.detail, record_id=record.id, location=loc,
+                           record=e.figures)
             continue
         except (TypeError, AttributeError, KeyError) as e:  # malformed fields inside a record
             rejects.reject(source=record.source, reason="bad_record", detail=repr(e)[:300], record_id=record.id,
                            location=loc)
             continue
-        spill.add(row, len(row["image"]["bytes"]) + 1024 if row["image"] else 1024)
+        spill.add(row, sum(len(im["bytes"]) for im in row["images"] or [row["image"]] if im) + 1024)
         n += 1
     return n
 
@@ -294,14 +339,29 @@ class SpillJob:
     index: int
     path: Path
     buckets: int
+    templates: tuple[str, str] = ("none", "visualcla")
+    """(pretrain, sft) template names, `auto` resolved."""
+    fits: tuple[tuple[str, LengthRule], ...] = ()
 
 
-def make_builder(cfg: Any, in_dir: Path) -> RowBuilder:
+def make_builder(job: SpillJob) -> RowBuilder:
+    cfg = job.cfg
     return RowBuilder(
-        pretrain=get_template(cfg.pretrain_template), sft=get_template(cfg.sft_template),
-        policy=HintPolicy(cfg.vqa_hint, cfg.vqa_hint_max_chars), images=ImageLoader(in_dir),
-        seed=cfg.seed, validation_fraction=cfg.validation_fraction,
+        pretrain=get_template(job.templates[0]), sft=get_template(job.templates[1]),
+        policy=HintPolicy(cfg.vqa_hint, cfg.vqa_hint_max_chars), images=ImageLoader(job.in_dir),
+        seed=cfg.seed, validation_fraction=cfg.validation_fraction, fits=dict(job.fits),
     )
+
+
+def resolved_templates(recipe: Any) -> dict[str, str]:
+    """{subset: template name} of the recipe's render section, `auto` resolved by the LLM's architecture."""
+    cfg = recipe.render
+    names = {"pretrain": cfg.pretrain_template, "sft": cfg.sft_template}
+    if AUTO in names.values():
+        from training.build import stage_template
+
+        names = {k: stage_template(recipe.model, v) for k, v in names.items()}
+    return names
 
 
 def spill_part(job: SpillJob) -> tuple[list[tuple[Path, int, int]], dict[str, Any]]:
@@ -313,8 +373,10 @@ def spill_part(job: SpillJob) -> tuple[list[tuple[Path, int, int]], dict[str, An
     name = f"part-{job.index:05d}"
     with RejectWriter(job.work / "rejected", STEP_NAME, stats, name=name) as rejects:
         spill = BucketSpill(job.work / "spill" / name, SPILL_SCHEMA, job.buckets)
+        builder = make_builder(job)
         with bar(count_lines(job.path), f"render {job.path.stem}") as pb:
-            spill_rows(counted(read_records([job.path], rejects), pb), make_builder(job.cfg, job.in_dir), rejects, spill, order_base=job.index << 32)
+            spill_rows(counted(read_records([job.path], rejects), pb), builder, rejects, spill, order_base=job.index << 32)
+        stats.extra["shortened_too_long"] += builder.shortened
         return spill.close(), stats.to_dict()
 
 
@@ -401,21 +463,24 @@ def _cutoff(buckets: list[Path], split: str, hist: np.ndarray, k: int, available
 # ---- 5. write --------------------------------------------------------------------------------
 
 def write_shards(
-    buckets: list[Path], plan: MixPlan, rejects: RejectWriter, writers: dict[tuple[str, str], ShardWriter]
+    buckets: list[Path], plan: MixPlan, rejects: RejectWriter, writers: dict[tuple[str, str], ShardWriter],
+    hists: dict[str, np.ndarray] | None = None,
 ) -> Counter:
-    """Stream buckets into the writers; returns row counts per (subset, split, source, task)."""
+    """Stream buckets into the writers; returns row counts per (subset, split, source, task). `hists`:
+    per subset, a histogram the measured token lengths of the written rows are added to."""
     counts: Counter = Counter()
     for path in buckets:
         pa.default_memory_pool().release_unused()  # hand the last bucket's memory back: flat peak RSS
         full = read_bucket(path)
         order = sort_order(full)
-        t = full.drop_columns(["image"]).take(order)  # everything but the image bytes, sorted
+        t = full.drop_columns(IMAGE_COLUMNS).take(order)  # everything but the image bytes, sorted
         first = first_of_each_id(t)
         _reject_duplicates(t, first, rejects)
         over = first & _over_ratio(t, plan)
         _reject_rows(t.filter(pa.array(over)), rejects, "mix_ratio", "text-only row beyond text_per_multimodal")
         keep = first & ~over
         subsets, splits = t["stage"].to_numpy(zero_copy_only=False), t[SPLIT].to_numpy(zero_copy_only=False)
+        _add_lengths(hists or {}, t, keep, subsets)
         for (subset, split), writer in writers.items():
             part = full.take(order.filter(pa.array(keep & (subsets == subset) & (splits == split))))
             writer.write(part)
@@ -423,6 +488,13 @@ def write_shards(
                 counts[(subset, split, row["source"], row["task"])] += row["id_count"]
                 rejects.stats.count_kept(row["source"], row["id_count"])
     return counts
+
+
+def _add_lengths(hists: dict[str, np.ndarray], t: pa.Table, keep: np.ndarray, subsets: np.ndarray) -> None:
+    lengths = pc.fill_null(t[LEN], -1).to_numpy()
+    for subset, hist in hists.items():
+        mine = lengths[keep & (subsets == subset) & (lengths >= 0)]
+        hist += histogram(mine, len(hist))
 
 
 def _over_ratio(t: pa.Table, plan: MixPlan) -> np.ndarray:
@@ -466,8 +538,9 @@ def estimate_buckets(files: list[Path], images: ImageLoader, bucket_bytes: int, 
                 lines.append(len(raw))
                 try:
                     ref = json.loads(raw).get("image")
-                    sizes.append(images.resolve(ref).stat().st_size if ref else 0)
-                except (ValueError, OSError, AttributeError, RenderReject):
+                    refs = ref if isinstance(ref, list) else [ref] if ref else []
+                    sizes.append(sum(images.resolve(r).stat().st_size for r in refs))
+                except (ValueError, OSError, AttributeError, TypeError, RenderReject):
                     sizes.append(0)
         if lines:
             rows = path.stat().st_size / (sum(lines) / len(lines))
@@ -500,7 +573,10 @@ def _render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper) -> StepSta
     stats = StepStats(step=STEP_NAME)
     bucket_bytes = cfg.bucket_mb << 20
     n_buckets = estimate_buckets(files, ImageLoader(in_dir), bucket_bytes)
-    jobs = [SpillJob(cfg, in_dir, work, i, path, n_buckets) for i, path in enumerate(files)]
+    templates = resolved_templates(recipe)
+    rules, unmeasured = length_rules(recipe, templates)
+    jobs = [SpillJob(cfg, in_dir, work, i, path, n_buckets, (templates["pretrain"], templates["sft"]),
+                     tuple(sorted(rules.items()))) for i, path in enumerate(files)]
     results = mapper(spill_part, jobs)
     with RejectWriter(out_dir / "rejected", STEP_NAME, stats) as rejects:
         for job, (_, part_stats) in zip(jobs, results):
@@ -509,17 +585,34 @@ def _render(recipe: Any, in_dir: Path, out_dir: Path, mapper: Mapper) -> StepSta
         buckets = list(bucket_files(merge_parts([parts for parts, _ in results], work / "spill"), 2 * bucket_bytes))
         plan = plan_mix(buckets, cfg.text_per_multimodal)
         writers = _writers(work / "shards", cfg)
-        counts = write_shards(buckets, plan, rejects, writers)
+        hists = {subset: np.zeros(rule.max_length + 2, dtype=np.int64) for subset, rule in rules.items()}
+        counts = write_shards(buckets, plan, rejects, writers, hists)
     staged = {key: finalize(w.close(), work / "data" / key[0] / key[1], f"{key[0]}-{key[1]}")
               for key, w in writers.items()}
     shards = move_into_place(staged, work / "data", out_dir / "data")
     _count_extra(stats, counts, plan, shards)
-    write_card_files(out_dir, recipe, shards, counts, stats)
+    lengths = token_lengths(rules, hists, unmeasured)
+    write_card_files(out_dir, recipe, shards, counts, stats, templates, lengths)
     write_json(out_dir / "stats.json", stats.to_dict())
     remove_tree(work)
     mark_done(out_dir, {"shards": sum(len(v) for v in shards.values())})
     print(stats.table())
+    print(length_line(stats, unmeasured))
     return stats
+
+
+def token_lengths(rules: dict[str, LengthRule], hists: dict[str, np.ndarray], unmeasured: str | None) -> dict:
+    """The manifest's `token_lengths`: per subset, percentiles of the written rows' tokens."""
+    if unmeasured:
+        return {"checked": False, "why": unmeasured}
+    return {"checked": True, **{subset: summary(hists[subset], rule.max_length) for subset, rule in rules.items()}}
+
+
+def length_line(stats: StepStats, unmeasured: str | None) -> str:
+    if unmeasured:
+        return f"[render] token lengths not checked: {unmeasured}"
+    return (f"[render] fitted to the stages' max_length: {stats.extra['shortened_too_long']} row(s) shortened "
+            f"(trailing turns dropped), {stats.rejected['too_long']} rejected as too_long (rejected/)")
 
 
 def move_into_place(

@@ -231,7 +231,12 @@ class ShardWriter:
 
 def _row_sizes(table: pa.Table) -> np.ndarray:
     image_bytes = pc.binary_length(pc.struct_field(table.column("image"), "bytes"))
-    return pc.fill_null(image_bytes, 0).to_numpy().astype(np.int64) + ROW_OVERHEAD_BYTES
+    sizes = pc.fill_null(image_bytes, 0).to_numpy().astype(np.int64) + ROW_OVERHEAD_BYTES
+    if "images" in table.column_names:  # the images of rows with several
+        many = table.column("images").combine_chunks()
+        flat = pc.fill_null(pc.binary_length(pc.struct_field(pc.list_flatten(many), "bytes")), 0).to_numpy()
+        sizes += np.bincount(pc.list_parent_indices(many).to_numpy(), weights=flat, minlength=len(table)).astype(np.int64)
+    return sizes
 
 
 def finalize(files: list[ShardFile], dest: Path, prefix: str) -> list[ShardFile]:
