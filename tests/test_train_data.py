@@ -110,6 +110,6 @@ def test_batches_carry_one_image_per_image_row(tmp_path, tok):
         else:
             assert "pixel_values" not in batch
         assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
-        padding, total, trained, images = batch["padding_stats"].tolist()
+        padding, total, trained, images, samples = batch["padding_stats"].tolist()
         assert (padding, total) == (int((batch["attention_mask"] == 0).sum()), batch["input_ids"].numel())
         assert (trained, images) == (int((batch["labels"] != IGNORE).sum()), n_images)

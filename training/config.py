@@ -106,6 +106,12 @@ class StageConfig(_Section):
     gradient_checkpointing: bool = False
     length_grouping: bool = True
     feature_cache: bool = Field(False, description="encode images once (frozen vision) and train from the cache")
+    token_cache: bool = Field(True, description="tokenise the stage's rows once into memory-mapped Arrow in the "
+                              "train folder (training/token_cache.py); reruns and later epochs read it")
+    tokenize_workers: int = Field(0, ge=0, description="processes building the token cache (0: one per CPU core, "
+                                  "at most 8)")
+    packing: bool = Field(False, description="pack several samples (with their images) into sequences of up to "
+                          "max_length; attention never crosses samples (training/packing.py)")
     save_steps: int = Field(500, gt=0)
     logging_steps: int = Field(10, gt=0)
     dataloader_workers: int = Field(0, ge=0)

@@ -226,6 +226,10 @@ class StreamConfig:
     """The model argument cached tensors go to (`features.LEVELS`)."""
     eos: bool = True
     """The stage template's `eos`: the tokenizer's EOS closes each conversation."""
+    token_cache: Path | None = None
+    """A `training.token_cache` folder holding every unit's tokens: read instead of tokenising."""
+    packing: bool = False
+    """Pack each buffer's samples into sequences of up to max_length (`training.packing`)."""
 
 
 class ShardStream(IterableDataset):
@@ -255,6 +259,9 @@ class ShardStream(IterableDataset):
             pass_ += 1
 
     def examples(self, units: list[ShardUnit]) -> Iterator[dict[str, Any]]:
+        if self.cfg.token_cache is not None:
+            yield from self._cached_examples(units)
+            return
         cfg = self.cfg
         for unit in units:
             rows = read_unit(unit)
@@ -278,6 +285,26 @@ class ShardStream(IterableDataset):
                     ex["images"] = images
                 yield ex
 
+    def _cached_examples(self, units: list[ShardUnit]) -> Iterator[dict[str, Any]]:
+        """Examples from the tokenised cache (`training.token_cache`): no tokenisation; images come
+        from the feature cache, else only the shard's image columns are read."""
+        from training.token_cache import read_cached_unit
+
+        cfg, n = self.cfg, self.cfg.num_image_tokens
+        for unit in units:
+            table = read_cached_unit(cfg.token_cache, unit)
+            ids, labels, starts = (table.column(c).to_pylist() for c in ("input_ids", "labels", "image_starts"))
+            cached = self._cached_features(unit) if cfg.feature_cache else None
+            rows = read_unit(unit, ["image", "images"]) if cached is None and any(starts) else None
+            for i in range(len(ids)):
+                ex = {"input_ids": ids[i], "labels": labels[i], "image_spans": [(a, a + n) for a in starts[i]]}
+                if starts[i] and cached is not None:
+                    features, offsets = cached
+                    ex[cfg.feature_key] = features[int(offsets[i]):int(offsets[i + 1])]
+                elif starts[i]:
+                    ex["images"] = row_images_bytes(rows[i])
+                yield ex
+
     def _texts(self, row: dict) -> list[str]:
         """The row's segments for the unit's batched tokenisation; none for a malformed row, which
         `encode_turns` then reports as it would alone."""
@@ -299,7 +326,13 @@ class ShardStream(IterableDataset):
     def _flush(self, buffer: list[dict], rng: random.Random, final: bool) -> Iterator[dict[str, torch.Tensor]]:
         size = self.cfg.batch_size
         rng.shuffle(buffer)
-        if self.cfg.length_grouping:
+        if self.cfg.packing:  # every sample of the buffer, packed into sequences of up to max_length
+            from training.packing import pack, plan_packs
+
+            bins = plan_packs([len(e["input_ids"]) for e in buffer], self.cfg.max_length, rng.getrandbits(32))
+            buffer[:] = [pack(buffer[i] for i in b) for b in bins]
+            rng.shuffle(buffer)
+        elif self.cfg.length_grouping:
             buffer.sort(key=lambda e: len(e["input_ids"]))
         n_full = len(buffer) // size
         batches = [buffer[i * size:(i + 1) * size] for i in range(n_full)]
@@ -342,8 +375,16 @@ class Collator:
         real = n * longest - sum(pads)
         images = [im for e in examples for im in e.get("images", ())]
         counted = len(images) + sum(int(e[key].shape[0]) for e in examples for key in FEATURE_KEYS if key in e)
+        samples = sum(e.get("samples", 1) for e in examples)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "padding_stats": torch.tensor([n * longest - real, n * longest, int((labels != IGNORE).sum()), counted])}
+                 "padding_stats": torch.tensor([n * longest - real, n * longest, int((labels != IGNORE).sum()), counted,
+                                                samples])}
+        if any("position_ids" in e for e in examples):
+            # packed rows: positions restart per sample (the padding too, as a block of its own) and no
+            # attention mask, so transformers masks block-diagonally (training.packing)
+            batch["position_ids"] = torch.tensor([e.get("position_ids", list(range(len(e["input_ids"])))) +
+                                                  list(range(k)) for e, k in zip(examples, pads)])
+            del batch["attention_mask"]
         for key in FEATURE_KEYS:  # a row's images in order, rows one after another (as the image tokens)
             if any(key in e for e in examples):
                 batch[key] = torch.cat([e[key] for e in examples if key in e])

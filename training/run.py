@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from training.checkpoint import (
 from training.config import ModelConfig, StageConfig
 from training.data import Collator, ShardStream, StreamConfig, count_rows, read_unit, shard_units, subset_files
 from training.lora import count_parameters, setup_stage
+from training.token_cache import TokenSettings
 from training.trainer import StageProgress, StopAfter, VisualCLATrainer, barrier
 
 hf_logging.disable_progress_bar()
@@ -180,6 +182,36 @@ def build_base_once(model_cfg: ModelConfig, base_dir: Path, shards_dir: Path, se
         raise checkpoint_write_error("base model folder", base_dir, err) from err
 
 
+def tokenised(units: list, tokenizer, root: Path, settings, rank: int, world: int, workers: int) -> Path:
+    """The stage's token cache folder (`training.token_cache`), built where missing."""
+    from training.token_cache import build_token_cache, cache_key
+
+    folder = root / cache_key(units, tokenizer, settings)
+    workers = workers or min(8, os.cpu_count() or 1)
+    built = build_token_cache(units, tokenizer, folder, settings, rank, world, workers)
+    if rank == 0:
+        print(f"[train] token cache {folder.name}: {built['built']} of {built['units']} unit(s) tokenised "
+              f"({built['rows']} rows), the rest read")
+    return folder
+
+
+def packed_sequences(tokens: Path, units: list, stage_cfg: StageConfig, seed: int) -> dict:
+    """How many packed sequences one pass over the data makes, planned as the stream packs (buffers of
+    batch_size x 32 samples in a seeded order), and the packing efficiency (real tokens / capacity)."""
+    from training.packing import plan_packs
+    from training.token_cache import cached_lengths
+
+    lengths = cached_lengths(tokens, units)
+    random.Random(f"{seed}:plan").shuffle(lengths)
+    chunk = stage_cfg.batch_size * StreamConfig.buffer_batches
+    sequences = sum(len(plan_packs(lengths[i:i + chunk], stage_cfg.max_length, seed))
+                    for i in range(0, len(lengths), chunk))
+    efficiency = round(sum(lengths) / max(1, sequences * stage_cfg.max_length), 4)
+    print(f"[train] packing: {len(lengths)} samples into {sequences} sequences of up to {stage_cfg.max_length} "
+          f"tokens per pass (efficiency {efficiency:.1%})")
+    return {"sequences": sequences, "efficiency": efficiency}
+
+
 # ---- the recipe -------------------------------------------------------------------------------
 
 def train_stage(
@@ -271,10 +303,19 @@ def train_stage(
     units = shard_units(subset_files(shards_dir, stage_cfg.data), world * workers)
     check_template(units, stage_cfg.template)
     rows = count_rows(units)
+    template = get_template(stage_cfg.template)
+    token_dir = None
+    if stage_cfg.token_cache or stage_cfg.packing:
+        token_dir = tokenised(units, tokenizer, out_dir.parent / "token_cache", TokenSettings(
+            stage_cfg.template, template.eos, stage_cfg.max_length, config.num_image_tokens),
+            rank, world, stage_cfg.tokenize_workers)
+        barrier()
+    packed = packed_sequences(token_dir, units, stage_cfg, seed) if stage_cfg.packing else None
     if stage_cfg.max_steps:
         batches = stage_cfg.max_steps * stage_cfg.grad_accum
     else:
-        batches = math.ceil(stage_cfg.epochs * rows / (world * stage_cfg.batch_size))
+        per_pass = packed["sequences"] if packed else rows
+        batches = math.ceil(stage_cfg.epochs * per_pass / (world * stage_cfg.batch_size))
         batches = math.ceil(batches / stage_cfg.grad_accum) * stage_cfg.grad_accum
     args.max_steps = batches // stage_cfg.grad_accum
     if stage_cfg.warmup_ratio:
@@ -292,7 +333,8 @@ def train_stage(
     stream = ShardStream(units, tokenizer, collator, StreamConfig(
         batch_size=stage_cfg.batch_size, max_length=stage_cfg.max_length, num_image_tokens=config.num_image_tokens,
         batches_per_rank=batches, length_grouping=stage_cfg.length_grouping, seed=seed, rank=rank,
-        world_size=world, feature_cache=cache, feature_key=feature_key, eos=get_template(stage_cfg.template).eos,
+        world_size=world, feature_cache=cache, feature_key=feature_key, eos=template.eos, token_cache=token_dir,
+        packing=stage_cfg.packing,
     ))
 
     # 5. what trains
@@ -317,7 +359,8 @@ def train_stage(
         "train_loss": result.training_loss, "final_loss": losses[-1][1] if losses else result.training_loss,
         "losses": losses, "padding_fraction": float(trainer.totals[0]) / max(1, int(trainer.totals[1])),
         "samples": trainer.samples, "tokens": tokens, "trained_tokens": int(trainer.totals[2]),
-        "images": int(trainer.totals[3]), "wall_s": round(wall, 2),
+        "images": int(trainer.totals[3]), "wall_s": round(wall, 2), "token_cache": portable_path(token_dir, out_dir),
+        "packing_efficiency": packed["efficiency"] if packed else None,
         "train_runtime": result.metrics.get("train_runtime"),
         "samples_per_second": trainer.samples / wall, "tokens_per_second": tokens / wall,
         "parameters": total, "trainable_parameters": trainable, "world_size": world,

@@ -44,7 +44,8 @@ def draw(colour: str, shape: str, size: int = 64, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _row(i: int, subset: str, template: str, pairs, image: bytes | None, task: str) -> dict:
+def shard_row(i: int, subset: str, template: str, pairs, image: bytes | None, task: str) -> dict:
+    """One shard row as render writes it: `pairs` (prompt, response) rendered with `template`."""
     return {
         "id": f"{subset}-{i:06d}", "source": "synthetic", "task": task, "lang": "zh", "stage": subset,
         "template": template, "turns": render_turns(get_template(template), pairs, image=image is not None),
@@ -61,15 +62,15 @@ def make_rows(num_images: int, seed: int = 0, text_rows: int = 8, sft_template: 
     for i in range(num_images):
         c, s = rng.choice(colours), rng.choice(shapes)
         img = draw(c, s, seed=seed * 100_003 + i)
-        pretrain.append(_row(i, "pretrain", "none", [("", f"一个{c}的{s}。")], img, "caption"))
+        pretrain.append(shard_row(i, "pretrain", "none", [("", f"一个{c}的{s}。")], img, "caption"))
         if i % 4 == 3:
             pairs = [(f"图中是什么形状？", f"{s}。"), (f"它是什么颜色？", f"它是{c}的。")]
-            sft.append(_row(i, "sft", sft_template, pairs, img, "conversation"))
+            sft.append(shard_row(i, "sft", sft_template, pairs, img, "conversation"))
         else:
-            sft.append(_row(i, "sft", sft_template, [(f"{s}是什么颜色？\n{HINT}", c)], img, "vqa"))
+            sft.append(shard_row(i, "sft", sft_template, [(f"{s}是什么颜色？\n{HINT}", c)], img, "vqa"))
     for j in range(text_rows):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
-        sft.append(_row(num_images + j, "sft", sft_template, [(f"{a}加{b}等于几？", f"{a}加{b}等于{a + b}。")],
+        sft.append(shard_row(num_images + j, "sft", sft_template, [(f"{a}加{b}等于几？", f"{a}加{b}等于{a + b}。")],
                         None, "text"))
     rng.shuffle(sft)
     return pretrain, sft

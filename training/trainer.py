@@ -39,8 +39,8 @@ class VisualCLATrainer(Trainer):
     def __init__(self, *args, stream: ShardStream, stage_cfg: StageConfig, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.stream, self.stage_cfg = stream, stage_cfg
-        self.padding = torch.zeros(4, dtype=torch.long)  # (padding, all, trained tokens, images) since last log
-        self.totals = torch.zeros(4, dtype=torch.long)
+        self.padding = torch.zeros(5, dtype=torch.long)  # (padding, all, trained tokens, images, samples) since last log
+        self.totals = torch.zeros(5, dtype=torch.long)
         self.samples = 0
 
     def get_train_dataloader(self) -> DataLoader:
@@ -63,7 +63,7 @@ class VisualCLATrainer(Trainer):
         if stats is not None and model.training:
             self.padding += stats.cpu()
             self.totals += stats.cpu()
-            self.samples += inputs["input_ids"].shape[0]
+            self.samples += int(stats[4])  # a packed row holds several samples
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _clip_grad_norm(self, model):
@@ -87,6 +87,7 @@ class VisualCLATrainer(Trainer):
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs and self.padding[1] > 0:
             logs["padding_fraction"] = round(float(self.padding[0]) / float(self.padding[1]), 4)
+            logs["trained_tokens"] = int(self.padding[2])  # since the last log: what the loss averages over
             self.padding.zero_()
         super().log(logs, start_time)
 
