@@ -1,10 +1,12 @@
 """Trainer benchmark, tiny config, CPU, one run. Writes benchmarks/results/train.json.
 
-    .venv/bin/python benchmarks/train.py [--images 256]
+    .venv/bin/python benchmarks/train.py [--images 256] [--only vs-llava]
 
 1. Our trainer (length grouping) vs transformers' `LlavaForConditionalGeneration` with the same
    dims, the same rows and plain padding, same trainable set (projector + LLM, vision frozen), same
-   AdamW: samples/s and tokens/s end to end (data + step). Target >= 1.0x.
+   AdamW: samples/s and tokens/s end to end (data + step). Target >= 1.0x. Twice: the LLaMA 2x128
+   LLM (visualcla template) and a Qwen2 2x128 one (ChatML, its shards rendered with it; `*_qwen2`).
+   `--only vs-llava` runs just this comparison and updates those figures in results/train.json.
 2. Stage 1 with the feature cache vs without: steady-state samples/s (the cache is built once;
    its build time is reported separately). Target >= 3x. Two shapes: LLaVA stage 1 (frozen CLIP,
    the MLP projector trains: vision features cached; `cache_speedup`) and Ziya stage 1 (frozen
@@ -53,6 +55,8 @@ ZIYA = {
                   "intermediate_size": 512},
     "llm": MODEL["llm"],
 }
+QWEN2 = {**MODEL, "llm": {"init": {**MODEL["llm"]["init"], "model_type": "qwen2"}}}
+"""The same dims with a Qwen2 LLM (q/k/v biases, ChatML), as `template: auto` would train it."""
 BATCH, STEPS = 16, 200
 
 
@@ -68,16 +72,16 @@ def base_parts(base: Path):
     """Tokenizer, our model and the collator of a built base folder."""
     from transformers import AutoTokenizer
 
-    from training.build import image_processor_from
-    from training.checkpoint import load_merged
+    from training.checkpoint import image_processor_from, load_merged
     from training.data import Collator
 
     tok, model = AutoTokenizer.from_pretrained(str(base)), load_merged(base)
     return tok, model, Collator(pad_token_id=tok.pad_token_id, image_processor=image_processor_from(base, model.config))
 
 
-def llava_baseline(shards: Path, base: Path) -> dict:
-    """The same model as a LlavaForConditionalGeneration, plain padding, a hand loop."""
+def llava_baseline(shards: Path, base: Path, eos: bool = True) -> dict:
+    """The same model as a LlavaForConditionalGeneration, plain padding, a hand loop. `eos`: the
+    template's (ChatML trains its end-of-turn token and adds no EOS), as our trainer encodes the rows."""
     from training.data import encode_turns, read_unit, row_images_bytes, shard_units, subset_files
     from training.export import to_llava
 
@@ -94,7 +98,7 @@ def llava_baseline(shards: Path, base: Path) -> dict:
         examples = []
         for r in chunk:
             images = row_images_bytes(r)
-            enc = encode_turns(tok, r["turns"], images=len(images), num_image_tokens=n)
+            enc = encode_turns(tok, r["turns"], images=len(images), num_image_tokens=n, eos=eos)
             examples.append({"input_ids": enc.input_ids, "labels": enc.labels, **({"images": images} if images else {})})
         batch = collator(examples)
         stats = batch.pop("padding_stats")
@@ -174,6 +178,38 @@ def median_by(results: list[dict], key) -> dict:
     return sorted(results, key=key)[len(results) // 2]
 
 
+def vs_llava_runs(tmp: Path, shards: Path, cfg: ModelConfig, images: int) -> dict:
+    """Ours (grouped) and LlavaForConditionalGeneration, LLaMA and Qwen2; each base built by a warm-up run."""
+    q_cfg = ModelConfig(**QWEN2)
+    q_shards = write_synthetic_shards(tmp / "render-chatml", num_images=images, row_group_rows=64, sft_template="chatml")
+    train_stage(cfg, "warm-up", stage(max_steps=5), shards, tmp / "warm" / "train" / "warm-up")
+    train_stage(q_cfg, "warm-up", stage(max_steps=5, template="chatml"), q_shards, tmp / "warm-q" / "train" / "warm-up")
+
+    def ours(name, model_cfg, data, **over):
+        return lambda i: train_stage(model_cfg, name, stage(**over), data, tmp / f"{name}-{i}" / "train" / name)
+
+    return {"grouped": ours("grouped", cfg, shards),
+            "llava": lambda i: llava_baseline(shards, tmp / "warm" / "train" / "base"),
+            "qwen2": ours("qwen2", q_cfg, q_shards, template="chatml"),
+            "llava_qwen2": lambda i: llava_baseline(q_shards, tmp / "warm-q" / "train" / "base", eos=False)}
+
+
+def vs_llava_result(runs: dict) -> dict:
+    """The comparison's figures: ours (median run) over LlavaForConditionalGeneration's (median run)."""
+    out = {}
+    for ours_name, theirs, suffix in (("grouped", "llava", ""), ("qwen2", "llava_qwen2", "_qwen2")):
+        m = median_by(runs[ours_name], sps)
+        llava = median_by(runs[theirs], lambda r: r["samples_per_second"])
+        out.update({f"ours_samples_per_second{suffix}": sps(m), f"ours_tokens_per_second{suffix}": tps(m),
+                    f"llava_samples_per_second{suffix}": llava["samples_per_second"],
+                    f"llava_tokens_per_second{suffix}": llava["tokens_per_second"],
+                    f"speedup_vs_llava{suffix}": sps(m) / llava["samples_per_second"]})
+    out["vs_llava_runs_samples_per_second"] = {
+        name: [round(sps(r) if "llava" not in name else r["samples_per_second"], 1) for r in runs[name]]
+        for name in ("grouped", "llava", "qwen2", "llava_qwen2")}
+    return out
+
+
 # ---- GPU: a ~1.2B config in bf16, tokens/s and MFU (`--gpu`) -----------------------------------
 
 GPU_MODEL = {  # CLIP ViT-B/16 at 224 (86M, frozen) + mlp2x_gelu + LLaMA 22x2048 (TinyLlama's shape, 1.1B)
@@ -229,6 +265,8 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="the ~1.2B bf16 config on the GPU: tokens/s and MFU, "
                     "written into results/train.json next to the CPU numbers")
     ap.add_argument("--smoke", action="store_true", help="with --gpu: the same path at CPU size, nothing written")
+    ap.add_argument("--only", choices=["vs-llava"], help="run just this comparison (ours vs LlavaForConditionalGeneration, "
+                    "LLaMA and Qwen2); its figures are updated in results/train.json, the others kept")
     args = ap.parse_args()
     if args.gpu:
         result = gpu_benchmark(args.smoke, steps=40)
@@ -250,11 +288,12 @@ def main() -> None:
         def ours(name, model_cfg, **over):
             return lambda i: train_stage(model_cfg, name, stage(**over), shards, tmp / f"{name}-{i}" / "train" / name)
 
-        train_stage(cfg, "warm-up", stage(max_steps=5), shards, tmp / "warm" / "train" / "warm-up")
+        compared = vs_llava_runs(tmp, shards, cfg, args.images)
+        if args.only == "vs-llava":
+            return write_vs_llava(vs_llava_result(measure(compared, args.repeats)), args)
         runs = measure({
-            "grouped": ours("grouped", cfg),
+            **compared,
             "plain": ours("plain", cfg, length_grouping=False),
-            "llava": lambda i: llava_baseline(shards, tmp / "warm" / "train" / "base"),
             "s1": ours("s1", cfg, **S1),
             "s1c": ours("s1c", cfg, **S1, feature_cache=True),
             "z1": ours("z1", ziya_cfg, **Z1),
@@ -262,17 +301,16 @@ def main() -> None:
         }, args.repeats)
         breakdown = {"llava_stage1": step_breakdown(cfg, S1, shards, tmp / "s1-0" / "train" / "base", STEPS),
                      "ziya_stage1": step_breakdown(ziya_cfg, Z1, shards, tmp / "z1-0" / "train" / "base", STEPS)}
-    m = {name: median_by(rs, sps) for name, rs in runs.items() if name != "llava"}
+    m = {name: median_by(rs, sps) for name, rs in runs.items() if "llava" not in name}
     llava = median_by(runs["llava"], lambda r: r["samples_per_second"])
     result = {
         "device": "cpu (2 cores); no GPU in this session, so no MFU",
         "mfu": None,
         "config": {"vision": "CLIP 4x128, 64 px, patch 8", "connector": "mlp2x_gelu", "llm": "LLaMA 2x128",
+                   "llm_qwen2": "Qwen2 2x128 (ChatML shards), same dims as the LLaMA",
                    "ziya": "BLIP-2 ViT 4x128 + Q-Former 2x128 (32 queries) + LLaMA 2x128", "batch_size": BATCH,
                    "steps": STEPS, "rows_images": args.images, "repeats": args.repeats, "statistic": "median"},
-        "ours_samples_per_second": sps(m["grouped"]), "ours_tokens_per_second": tps(m["grouped"]),
-        "llava_samples_per_second": llava["samples_per_second"], "llava_tokens_per_second": llava["tokens_per_second"],
-        "speedup_vs_llava": sps(m["grouped"]) / llava["samples_per_second"],
+        **vs_llava_result(runs),
         "stage1_samples_per_second_no_cache": sps(m["s1"]), "stage1_samples_per_second_cache": sps(m["s1c"]),
         "cache_speedup": sps(m["s1c"]) / sps(m["s1"]),
         "stage1_wall_s_no_cache": m["s1"]["wall_s"], "stage1_wall_s_cache_including_build": m["s1c"]["wall_s"],
@@ -282,14 +320,28 @@ def main() -> None:
         "stage1_ms_per_step": breakdown,
         "padding_fraction_grouped": m["grouped"]["padding_fraction"], "padding_fraction_plain": m["plain"]["padding_fraction"],
         "padding_fraction_llava_plain": llava["padding_fraction"],
-        "all_runs_samples_per_second": {name: [round(sps(r) if name != "llava" else r["samples_per_second"], 1)
+        "all_runs_samples_per_second": {name: [round(sps(r) if "llava" not in name else r["samples_per_second"], 1)
                                                 for r in rs] for name, rs in runs.items()},
-        "targets": {"speedup_vs_llava": ">= 1.0", "cache_speedup": ">= 3.0", "cache_speedup_ziya": ">= 3.0"},
+        "targets": {"speedup_vs_llava": ">= 1.0", "speedup_vs_llava_qwen2": ">= 1.0", "cache_speedup": ">= 3.0", "cache_speedup_ziya": ">= 3.0"},
     }
     out = REPO / "benchmarks" / "results" / "train.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def write_vs_llava(figures: dict, args: argparse.Namespace) -> None:
+    """`--only vs-llava`: the comparison's figures into results/train.json, the file's other figures kept."""
+    out = REPO / "benchmarks" / "results" / "train.json"
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    data.update(figures)
+    data.setdefault("config", {})["llm_qwen2"] = "Qwen2 2x128 (ChatML shards), same dims as the LLaMA"
+    data.setdefault("targets", {})["speedup_vs_llava_qwen2"] = ">= 1.0"
+    data["vs_llava_measured"] = {"steps": STEPS, "rows_images": args.images, "repeats": args.repeats,
+                                 "statistic": "median", "command": "benchmarks/train.py --only vs-llava"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    print(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

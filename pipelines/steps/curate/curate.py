@@ -18,6 +18,13 @@
 5. write    records/<source>.jsonl (kept records, in input order, `meta.curate` with the figures),
             rejected/curate.jsonl (every drop, with its figures), report/ (pictures, report.md).
 
+Several images per record (`image` a list, LLaVA-Interleave): every filter above judges each image
+on its own (each has a key: `<record id>#<index>` when first seen in a multi-image record), and the
+record is kept or dropped whole. It is dropped when one of its images is undecodable or out of bounds
+(the detail names which, `image[1] of 3: ...`), and as a duplicate only when *every* one of its images
+duplicates another (`near.keep_text: false`); otherwise each duplicate image is pointed at its
+representative, as `keep_text` does. CLIP scores caption records of one image only.
+
 A filter in `annotate` mode tags `meta.curate.flags` and drops nothing. Without a `curate:` section
 the step passes the records through. Writes are atomic and `_SUCCESS` marks the end: an interrupted
 run starts over (image facts are recomputed; CLIP scores come from their cache).
@@ -49,7 +56,7 @@ from pipelines.core.stats import StepStats
 from pipelines.recipe import Recipe
 from pipelines.steps.curate.images import ImageFacts, image_facts
 from pipelines.steps.curate.texts import TextJudge
-from templates.schema import IMAGE_PLACEHOLDER, Record
+from templates.schema import IMAGE_PLACEHOLDER, Record, images_of
 
 STEP_NAME = "curate"
 WINDOW = 5000
@@ -126,13 +133,14 @@ def index_images(files: list[Path]) -> dict[str, ImageInfo]:
     """image file -> its key (lowest record id) and original size, from one pass over the records."""
     images: dict[str, ImageInfo] = {}
     for _, record in iter_records(files):
-        if record.image is None:
-            continue
-        info = images.get(record.image)
-        if info is None:
-            images[record.image] = ImageInfo(record.id, _original_size(record))
-        elif record.id < info.key:
-            info.key = record.id
+        refs = images_of(record)
+        for i, ref in enumerate(refs):
+            key = record.id if len(refs) == 1 else f"{record.id}#{i}"  # one key per image, even in one record
+            info = images.get(ref)
+            if info is None:
+                images[ref] = ImageInfo(key, _original_size(record, i))
+            elif key < info.key:
+                info.key = key
     return images
 
 
@@ -254,31 +262,55 @@ def _write_window(window: list[tuple[str, Record]], out: Any, verdicts: dict[str
     text_verdicts = judge.check([record for _, record in window], facts, verdicts)
     for (location, record), tv in zip(window, text_verdicts):
         stats.count_read(record.source)
-        image = verdicts.get(record.image) if record.image is not None else None
-        reason, detail = (image.reason, image.detail) if image is not None and image.reason else (tv.reason, tv.detail)
+        images = [verdicts[ref] for ref in images_of(record)]
+        reason, detail = record_verdict(images)
+        if reason is None:
+            reason, detail = tv.reason, tv.detail
         if reason is not None:
             rejects.reject(source=record.source, reason=reason, detail=detail[:1000], record_id=record.id,
-                           location=location, record=_figures(record, image, facts, tv.figures))
+                           location=location, record=_figures(record, images, facts, tv.figures))
             continue
-        _annotate(record, image, facts, tv)
+        _annotate(record, images, facts, tv)
         out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
         stats.count_kept(record.source)
-        digest.update(record.id.encode() + b"\0" + (record.image or "").encode() + b"\0")
+        digest.update(record.id.encode() + b"\0" + "\n".join(images_of(record)).encode() + b"\0")
         for m in record.messages:
             digest.update(m["content"].encode() + b"\0")
 
 
-def _annotate(record: Record, image: ImageVerdict | None, facts: dict[str, ImageFacts], tv: Any) -> None:
-    """`meta.curate`: the figures a later run (or a person) can filter on without recomputing."""
+DUPLICATE_REASONS = ("duplicate_image", "near_duplicate_image")
+
+
+def record_verdict(images: list[ImageVerdict]) -> tuple[str | None, str]:
+    """(reason, detail) dropping a record for its images, or (None, ""): one image's verdict is the record's;
+    of several, the first image rejected for itself (named: `image[i] of n`), or a duplicate when all are."""
+    if len(images) == 1:
+        return images[0].reason, images[0].detail
+    where = [(f"image[{i}] of {len(images)}: ", v) for i, v in enumerate(images) if v.reason is not None]
+    own = [(w, v) for w, v in where if v.reason not in DUPLICATE_REASONS]
+    if own:
+        return own[0][1].reason, own[0][0] + own[0][1].detail
+    if where and len(where) == len(images):
+        return where[0][1].reason, "every image duplicates another; " + where[0][0] + where[0][1].detail
+    return None, ""
+
+
+def _annotate(record: Record, images: list[ImageVerdict], facts: dict[str, ImageFacts], tv: Any) -> None:
+    """`meta.curate`: the figures a later run (or a person) can filter on without recomputing. A record's
+    duplicate images are pointed at their representatives (lists, in order, for a multi-image record)."""
     info: dict[str, Any] = dict(tv.figures)
-    flags = list(tv.flags)
-    if image is not None:
-        f = facts[record.image]
-        info["phash"] = f"{f.phash:016x}" if f.phash is not None else None
-        flags += image.flags
-        if image.representative is not None:
-            info["duplicate_of"] = {"image": record.image, "distance": image.distance}
-            record.image = image.representative
+    flags = list(tv.flags) + [flag for v in images for flag in v.flags]
+    refs = images_of(record)
+    if images:
+        hashes = [facts[ref].phash for ref in refs]
+        phash = [f"{h:016x}" if h is not None else None for h in hashes]
+        info["phash"] = phash[0] if len(refs) == 1 else phash
+        dups = [{"index": i, "image": ref, "distance": v.distance}
+                for i, (ref, v) in enumerate(zip(refs, images)) if v.representative is not None]
+        if dups:
+            info["duplicate_of"] = {k: dups[0][k] for k in ("image", "distance")} if len(refs) == 1 else dups
+            kept = [v.representative or ref for ref, v in zip(refs, images)]
+            record.image = kept[0] if len(refs) == 1 else kept
     if tv.normalised is not None:
         record.messages = tv.normalised
     if flags:
@@ -286,13 +318,22 @@ def _annotate(record: Record, image: ImageVerdict | None, facts: dict[str, Image
     record.meta["curate"] = info
 
 
-def _figures(record: Record, image: ImageVerdict | None, facts: dict[str, ImageFacts], text: dict) -> dict:
+def _figures(record: Record, images: list[ImageVerdict], facts: dict[str, ImageFacts], text: dict) -> dict:
+    """A rejected record's row: its image(s) and text, and each image's figures (a list for several)."""
     out = {"image": record.image, "text": record_text(record)[:500], **text}
-    if image is not None and record.image in facts:
-        f = facts[record.image]
-        out.update({"width": f.width, "height": f.height, "phash": f"{f.phash:016x}" if f.phash is not None else None,
-                    "duplicate_of": image.representative, "distance": image.distance if image.representative else None})
+    per_image = [_image_figures(facts.get(ref), v) for ref, v in zip(images_of(record), images)]
+    if len(per_image) == 1:
+        out.update(per_image[0])
+    elif per_image:
+        out["images"] = per_image
     return out
+
+
+def _image_figures(f: ImageFacts | None, v: ImageVerdict) -> dict:
+    if f is None:
+        return {}
+    return {"width": f.width, "height": f.height, "phash": f"{f.phash:016x}" if f.phash is not None else None,
+            "duplicate_of": v.representative, "distance": v.distance if v.representative else None}
 
 
 def record_text(record: Record) -> str:
@@ -308,7 +349,10 @@ def iter_records(files: list[Path]) -> Iterator[tuple[str, Record]]:
                     yield f"{path.name}:{lineno}", Record.from_dict(json.loads(line))
 
 
-def _original_size(record: Record) -> tuple[int, int] | None:
+def _original_size(record: Record, index: int = 0) -> tuple[int, int] | None:
+    """The size download saw of the record's `index`-th image (`meta.image_download`: a list for several)."""
     d = record.meta.get("image_download") or {}
+    if isinstance(d, list):
+        d = d[index] if index < len(d) and isinstance(d[index], dict) else {}
     w, h = d.get("original_width"), d.get("original_height")
     return (int(w), int(h)) if isinstance(w, int) and isinstance(h, int) else None

@@ -136,8 +136,8 @@ class _Clip:
     def prepare(self, records: Iterator[Record], image_sha: dict[str, str]) -> None:
         from curators.clip_score import score_pairs
 
-        pairs = [(r.image, image_sha[r.image], text_of(r)) for r in records
-                 if r.task == "caption" and r.image in image_sha]
+        pairs = [(r.image, image_sha[r.image], text_of(r)) for r in records  # one-image captions only
+                 if r.task == "caption" and isinstance(r.image, str) and r.image in image_sha]
         scores = score_pairs(self.scorer, self.cache, [(sha, text, _loader(image)) for image, sha, text in pairs],
                              self.cfg.batch_size)
         self.scores = [(image, text, float(s)) for (image, _, text), s in zip(pairs, scores)]
@@ -147,7 +147,8 @@ class _Clip:
 
     def check(self, records: list[Record], out: list[TextVerdict], facts: dict, images: dict) -> None:
         for r, tv in zip(records, out):
-            score = self._by_pair.get((r.image, text_of(r))) if r.task == "caption" else None
+            one = r.task == "caption" and isinstance(r.image, str)
+            score = self._by_pair.get((r.image, text_of(r))) if one else None
             if score is None or tv.reason is not None:
                 continue
             tv.figures["clip"] = round(score, 4)

@@ -13,7 +13,9 @@ join the images back to the records.
           (pipelines/steps/download/images.py) in front of img2dataset's resizer.
 3. join   records to results by URL: records/<source>.jsonl gets each record with `image`
           set to the local file; a record whose image failed goes to rejected/download.jsonl
-          with img2dataset's error message. Text-only records pass through.
+          with img2dataset's error message. Text-only records pass through. A multi-image record
+          (`image` a list: LLaVA-Interleave) gets the list of its local files, in order, or is
+          rejected whole with the reason of its first failed image, the detail naming which.
 
 Rerun after a crash: img2dataset's incremental mode skips shards it finished (the URL list
 is sorted, so shards are stable; if the list changed, the images are fetched anew), and
@@ -198,18 +200,30 @@ def collect(recipe: Recipe, out_dir: Path, rejects: RejectWriter) -> dict[str, s
         spool = out_dir / SPOOL / f"{cfg.name}.jsonl"
         with atomic_open(spool, "w", encoding="utf-8") as f:
             for location, record in read_located(cfg, rejects):
-                url = None
-                if record.image is not None:
-                    try:
-                        url = image_url(record.image, roots)
-                    except ImageRefError as err:
-                        rejects.reject(source=cfg.name, reason=err.reason, detail=str(err), record_id=record.id,
-                                       location=location, record=record.to_dict())
-                        continue
-                    urls.add(url)
+                try:
+                    url = record_urls(record, roots)
+                except ImageRefError as err:
+                    rejects.reject(source=cfg.name, reason=err.reason, detail=str(err), record_id=record.id,
+                                   location=location, record=record.to_dict())
+                    continue
+                urls.update([url] if isinstance(url, str) else url or ())
                 f.write(json.dumps([location, url, record.to_dict()], ensure_ascii=False) + "\n")
         source_urls[cfg.name] = urls
     return source_urls
+
+
+def record_urls(record: Record, roots: list[str]) -> str | list[str] | None:
+    """The URL(s) of a record's image(s): one for a one-image record, a list (in order) for a multi-image
+    one, None for text. ImageRefError names which image of a multi-image record was refused."""
+    if not isinstance(record.image, list):
+        return None if record.image is None else image_url(record.image, roots)
+    urls = []
+    for i, ref in enumerate(record.image):
+        try:
+            urls.append(image_url(ref, roots))
+        except ImageRefError as err:
+            raise ImageRefError(err.reason, f"image[{i}] of {len(record.image)}: {err}") from None
+    return urls
 
 
 def local_folder(location: str) -> str | None:
@@ -470,17 +484,33 @@ def join(source: str, out_dir: Path, results: dict[str, Fetched], rejects: Rejec
             location, url, data = json.loads(line)
             record = Record.from_dict(data)
             if url is not None:
-                fetched = results.get(url)
-                if fetched is None or fetched.path is None:
-                    reason, detail = failure(fetched)
-                    rejects.reject(source=source, reason=reason, detail=f"{url}: {detail}", record_id=record.id,
+                refused = attach_images(record, url, results)
+                if refused is not None:
+                    rejects.reject(source=source, reason=refused[0], detail=refused[1], record_id=record.id,
                                    location=location, record=data)
                     continue
-                record.meta["image_url"] = url
-                record.meta["image_download"] = {"key": fetched.key, **(fetched.info or {})}
-                record.image = fetched.path
             out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
             stats.count_kept(source)
+
+
+def attach_images(record: Record, url: str | list[str], results: dict[str, Fetched]) -> tuple[str, str] | None:
+    """Point the record at its fetched file(s) (`image`; `meta.image_url`, `meta.image_download`: a list, in
+    order, for a multi-image record), or (reason, detail) of the first image that did not come back (the
+    detail names which: `image[1] of 2: URL: ...`); a multi-image record is kept whole or not at all."""
+    urls = [url] if isinstance(url, str) else url
+    got = [results.get(u) for u in urls]
+    for i, (u, fetched) in enumerate(zip(urls, got)):
+        if fetched is None or fetched.path is None:
+            reason, detail = failure(fetched)
+            where = f"image[{i}] of {len(urls)}: " if isinstance(url, list) else ""
+            return reason, f"{where}{u}: {detail}"
+    downloads = [{"key": f.key, **(f.info or {})} for f in got]
+    if isinstance(url, str):
+        record.meta["image_url"], record.meta["image_download"], record.image = url, downloads[0], got[0].path
+    else:
+        record.meta["image_url"], record.meta["image_download"] = list(urls), downloads
+        record.image = [f.path for f in got]
+    return None
 
 
 def failure(fetched: Fetched | None) -> tuple[str, str]:

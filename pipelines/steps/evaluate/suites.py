@@ -8,6 +8,9 @@ that is down) raises `SuiteError` with the reason; the step reports it and goes 
     choice    MMBench TSV: CircularEval (every rotation of the options right), by category
     describe  JSONL {image, question, shapes}: the demo's description check (pipelines/demo/describe.py)
     judge     JSONL {image, question, reference, context, category}: an LLM judge's relative score
+
+In the JSONL suites `image` may be a list: a question about several images, each shown on a line before
+the question, or at the question's `<image>` markers (training/evaluate.py `answer_batch`).
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ def _rows(path: Path, limit: int | None) -> list[dict]:
     return read_split(path, limit)
 
 
-def _images(path: Path, rows: list[dict]) -> list[Path]:
+def _images(path: Path, rows: list[dict]) -> list[Path | list[Path]]:
+    """Each row's image file, or its list of files for a row about several images (`image` a list)."""
     from training.evaluate import split_image_path
 
-    return [split_image_path(path, r["image"]) for r in rows]
+    return [[split_image_path(path, ref) for ref in r["image"]] if isinstance(r["image"], list)
+            else split_image_path(path, r["image"]) for r in rows]
 
 
 def _answers(bot: Any, images: list, texts: list[str], cfg: SuiteConfig, recipe: Any, default: int,

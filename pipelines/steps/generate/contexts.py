@@ -7,7 +7,10 @@ Per image (the local file every record of it points at, so an image shared by a 
 and a VQA source is one context): captions (caption records), QA (VQA records; TextVQA's OCR
 tokens from `meta`), and boxes from each `generate.boxes` file, joined by `meta.image_id`, else by
 the file name of the image's URL. Held-out images (those of the recipe's `eval.split`) get no
-context: the evaluation must not get easier by leakage.
+context: the evaluation must not get easier by leakage. A multi-image record (`image` a list) gives no
+context: its text is about several images at once, so it cannot be split into one image's captions or QA;
+it is counted (`multi_image_records_skipped`) and passes through the step unchanged, and its images get
+contexts from their one-image records.
 
 Memory: one `Context` per image; for tens of millions of images, split the run by source.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,9 +50,11 @@ def iter_records(folder: Path) -> Iterator[tuple[str, Record]]:
                         continue
 
 
-def collect_contexts(recipe: Recipe, records_dir: Path, rejects: RejectWriter | None) -> tuple[dict[str, Context], int]:
+def collect_contexts(recipe: Recipe, records_dir: Path, rejects: RejectWriter | None,
+                     counts: Counter | None = None) -> tuple[dict[str, Context], int]:
     """(image file -> Context for the images with any annotation, number of held-out images skipped).
-    Problems of the box files go to `rejects` (not recorded when None: an estimate)."""
+    Problems of the box files go to `rejects` (not recorded when None: an estimate); multi-image records
+    skipped are counted in `counts["multi_image_records_skipped"]` when given."""
     cfg = recipe.generate
     assert cfg is not None
     wanted = set(cfg.context_sources) if cfg.context_sources is not None else None
@@ -58,6 +64,10 @@ def collect_contexts(recipe: Recipe, records_dir: Path, rejects: RejectWriter | 
     skipped: set[str] = set()
     for _, record in iter_records(records_dir):
         if record.image is None or record.source == cfg.source_name:
+            continue
+        if isinstance(record.image, list):
+            if counts is not None:
+                counts["multi_image_records_skipped"] += 1
             continue
         url = record.meta.get("image_url")
         if _local_path(url) in heldout:

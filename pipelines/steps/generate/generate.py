@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -99,9 +99,12 @@ async def _generate(recipe: Recipe, in_dir: Path, out_dir: Path, estimate: bool)
 async def _generate_records(recipe: Recipe, records_in: Path, out_dir: Path, stats: StepStats,
                             rejects: RejectWriter, digest: Any) -> int:
     cfg = recipe.generate
-    contexts, heldout = collect_contexts(recipe, records_in, rejects)
+    skipped: Counter = Counter()
+    contexts, heldout = collect_contexts(recipe, records_in, rejects, skipped)
     stats.extra["images"] = len(contexts)
     stats.extra["heldout_images_skipped"] = heldout
+    if skipped["multi_image_records_skipped"]:  # they pass through; none is a context (contexts.py)
+        stats.extra["multi_image_records_skipped"] = skipped["multi_image_records_skipped"]
     prompts = _prompts(cfg)
     ledger = GenerateLedger(cfg)
     started = time.perf_counter()

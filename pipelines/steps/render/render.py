@@ -279,13 +279,18 @@ def lineage_of(record: Record, images: list[LoadedImage]) -> dict[str, str | Non
     refs = images_of(record)
     values = {
         "original_id": next((meta[k] for k in ORIGINAL_ID_KEYS if meta.get(k) is not None), None),
-        "image_url": meta.get("image_url", meta.get("url", ",".join(refs) if refs else None)),
+        "image_url": _joined(meta.get("image_url", meta.get("url", refs or None))),
         "image_sha256": ",".join(im.sha256 for im in images) if images else None,
         "translator_model": tr.get("model"),
         "prompt_version": tr.get("prompt_version"),
         "qa": json.dumps(qa, ensure_ascii=False, sort_keys=True, default=str) if qa is not None else None,
     }
     return {k: (None if values[k] is None else str(values[k])) for k in LINEAGE_FIELDS}
+
+
+def _joined(value: object) -> object:
+    """A multi-image record's URLs (a list: download's `meta.image_url`) comma-separated, in order."""
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def _check_field_types(record: Record) -> None:
