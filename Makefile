@@ -18,7 +18,9 @@ demo: $(STAMP)
 	$(BIN)/python -m training.export check runs/demo/train/stage2 runs/demo/export/stage2-llava-hf \
 		--image runs/demo/demo-data/images/003000.jpg --text "$$(printf '菱形是什么颜色？\n请用一个词或短语回答。')"
 
+# The browser test drives the system Chromium: installed here when missing and we can (root, apt).
 test: $(STAMP)
+	@sh .ci/ensure-chromium.sh
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bootstrap: $(STAMP)

@@ -1,9 +1,10 @@
-"""The commands that are not pipeline steps: `vcla chat` and `vcla export` (no flow, no Prefect)."""
+"""The commands that are not pipeline steps: `vcla chat`, `vcla export`, `vcla webui` (no flow, no Prefect)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pipelines.cli.preflight import checked_image
@@ -56,3 +57,33 @@ def export_command(recipe: Recipe, options: argparse.Namespace) -> dict[str, Any
         raise StepFailed(f"export: {checkpoint}: {e}{hint}") from None
     print(f"[export] {folder}")
     return {"folder": str(folder)}
+
+
+def webui_command(recipe: Recipe, options: argparse.Namespace) -> dict[str, Any]:
+    """`vcla webui`: serves until Ctrl-C. Gradio and torch are imported here, not when `vcla` starts."""
+    from pipelines.webui.safety import bind_settings
+
+    bind = bind_settings(options.host, options.port, options.auth_env, options.share)
+    from pipelines.webui.app import WebUI, build_app, launch
+
+    bot, checkpoint, reason = _webui_model(recipe, options.checkpoint)
+    webui = WebUI(bot=bot, run_dir=recipe.run_dir, lang=options.lang, checkpoint=checkpoint, no_model_reason=reason,
+                  max_pixels=recipe.download.max_image_pixels,
+                  corpus=Path(recipe.demo.output_dir) if recipe.demo is not None else None)
+    print(f"[webui] model {checkpoint or 'none'} · data {recipe.run_dir}"
+          + (f" · login for user {bind.auth[0]!r}" if bind.auth else ""))
+    launch(build_app(webui), webui, bind)
+    return {}
+
+
+def _webui_model(recipe: Recipe, given: Path | None) -> tuple[Any, Path | None, str]:
+    """(model, its folder, "") to chat with, or (None, None, why not) when the run has no trained stage yet."""
+    from training.chat import ChatModel
+
+    try:
+        checkpoint = checkpoint_to_use(recipe, given)
+    except StepFailed as e:
+        if given is not None:
+            raise
+        return None, None, str(e)
+    return load_checked("webui", checkpoint, ChatModel.load), checkpoint, ""

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipelines.cli.commands import chat_command, export_command
+from pipelines.cli.commands import chat_command, export_command, webui_command
 from pipelines.cli.preflight import preflight
 from pipelines.core.errors import StepFailed, UsageError
 from pipelines.orchestration import server
@@ -43,6 +43,7 @@ examples:
   vcla demo-data /tmp/shapes --num-images 600
   vcla translate --recipe recipes/visualcla-7b.yaml --set translator.concurrency=64
   vcla train --recipe visualcla-7b --set model.llm.path=/models/chinese-alpaca-plus-7b
+  vcla webui                                        # chat with the demo's model, browse its data
 """
 
 
@@ -128,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
     p.add_argument("--format", choices=["merged", "llava-hf"], default="merged")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/export/<stage>-<format>)")
+    p = _add(sub, "webui", "A web page to chat with a checkpoint and browse the run's data (Gradio).",
+             "Chat tab: image upload or webcam, streamed answers, generation settings, the run's held-out\n"
+             "images as examples. Data tab: the rendered shards page by page with filters, the rejected rows\n"
+             "of each step, the curation report. Listens on 127.0.0.1 only unless --host and --auth-env say\n"
+             "otherwise; makes no public link unless --share.")
+    p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage, if trained)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; any other needs --auth-env)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument("--auth-env", default=None, metavar="VAR", help="name of an environment variable holding "
+                   "user:password for a login page (never the password itself on the command line)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs --auth-env)")
+    p.add_argument("--lang", choices=["zh", "en"], default="zh", help="page language (default zh)")
     _add(sub, "serve", "Serve the recipe's schedules as Prefect deployments (runs until stopped).",
          "Each entry of the recipe's `schedules:` becomes a deployment with its cron or interval.")
     return parser
@@ -220,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "demo-data": _demo_data, "build-and-train": _build_and_train, "serve": _serve,
         "chat": _direct_command(chat_command), "export": _direct_command(export_command),
+        "webui": _direct_command(webui_command),
     }
     handler = handlers.get(args.command) or _step_command(args.command)
     hide_user_errors(not args.debug)

@@ -145,6 +145,20 @@ def chat_image(recipe: Recipe, options: argparse.Namespace) -> None:
     checked_image(options.image, recipe.download.max_image_pixels)
 
 
+def webui_bind(recipe: Recipe, options: argparse.Namespace) -> None:
+    """Where `vcla webui` listens and with which login (pipelines/webui/safety.py): refused before a model loads."""
+    from pipelines.webui.safety import bind_settings
+
+    bind_settings(options.host, options.port, options.auth_env, options.share)
+
+
+def webui_checkpoint(recipe: Recipe, options: argparse.Namespace) -> None:
+    """`--checkpoint` must load; without it the run's last stage is used when trained (the data tab works
+    without one)."""
+    if options.checkpoint is not None:
+        checkpoint(recipe, options)
+
+
 def checked_image(path: Path | None, max_pixels: int) -> Image.Image:
     """`--image` decoded to RGB with the download step's checks (empty, not an image, truncated,
     decompression bomb); UsageError naming the file otherwise."""
@@ -196,6 +210,7 @@ CHECKS: dict[str, tuple[Check, ...]] = {
     "train": (stage_option, model),
     "eval": (eval_split, checkpoint),
     "chat": (chat_image, checkpoint),
+    "webui": (webui_bind, webui_checkpoint),
     "export": (export_out, checkpoint),
     "build-and-train": (distributor, sources, generator, translator, model, eval_split, publish),
     "serve": (served_flows,),
