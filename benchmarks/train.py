@@ -15,6 +15,9 @@
    is the frozen LLM's forward and backward, which no cache removes, so `bound` (live step over the
    cached forward + backward) is the most the cache can gain in this config.
 3. Padding fraction of our batches with vs without length grouping.
+4. Packing (`benchmarks/train_packing.py`, issue 19): trained tokens/s of plain padding, length grouping
+   and packing on a LLaVA-1.5-like length mix, the token cache's second-epoch data time over the first,
+   and the cache build's peak RSS from 10k to 100k samples. `--only packing` runs just this section.
 Each configuration runs `--repeats` times, interleaved; the median run is reported. No GPU in this
 session: no MFU. Run it on an otherwise idle machine: shared cores skew the ratios.
 """
@@ -73,7 +76,7 @@ def base_parts(base: Path):
     from transformers import AutoTokenizer
 
     from training.checkpoint import image_processor_from, load_merged
-    from training.data import Collator
+    from training.stream import Collator
 
     tok, model = AutoTokenizer.from_pretrained(str(base)), load_merged(base)
     return tok, model, Collator(pad_token_id=tok.pad_token_id, image_processor=image_processor_from(base, model.config))
@@ -119,7 +122,8 @@ def step_breakdown(model_cfg: ModelConfig, stage_over: dict, shards: Path, base:
     """Milliseconds per stage-1 step spent in data, forward and backward, live and from the cache
     (a hand loop over the stage's own batches). `bound` = the live step over the cached forward +
     backward: the most a cache can gain when the rest of the cached step costs nothing."""
-    from training.data import ShardStream, StreamConfig, shard_units, subset_files
+    from training.data import shard_units, subset_files
+    from training.stream import ShardStream, StreamConfig
     from training.features import LEVELS, build_feature_cache, cache_level
     from training.lora import setup_stage
 
@@ -265,8 +269,9 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="the ~1.2B bf16 config on the GPU: tokens/s and MFU, "
                     "written into results/train.json next to the CPU numbers")
     ap.add_argument("--smoke", action="store_true", help="with --gpu: the same path at CPU size, nothing written")
-    ap.add_argument("--only", choices=["vs-llava"], help="run just this comparison (ours vs LlavaForConditionalGeneration, "
-                    "LLaMA and Qwen2); its figures are updated in results/train.json, the others kept")
+    ap.add_argument("--only", choices=["vs-llava", "packing"], help="run just this section (vs-llava: ours vs "
+                    "LlavaForConditionalGeneration, LLaMA and Qwen2; packing: benchmarks/train_packing.py); its figures "
+                    "are updated in results/train.json, the others kept")
     args = ap.parse_args()
     if args.gpu:
         result = gpu_benchmark(args.smoke, steps=40)
@@ -280,6 +285,8 @@ def main() -> None:
     globals()["STEPS"] = args.steps
     torch.manual_seed(0)
     torch.set_num_threads(2)
+    if args.only == "packing":
+        return write_packing(packing_section(args.repeats))
     cfg, ziya_cfg = ModelConfig(**MODEL), ModelConfig(**ZIYA)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -324,6 +331,7 @@ def main() -> None:
                                                 for r in rs] for name, rs in runs.items()},
         "targets": {"speedup_vs_llava": ">= 1.0", "speedup_vs_llava_qwen2": ">= 1.0", "cache_speedup": ">= 3.0", "cache_speedup_ziya": ">= 3.0"},
     }
+    result.update(packing_figures(packing_section(args.repeats)))
     out = REPO / "benchmarks" / "results" / "train.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -342,6 +350,33 @@ def write_vs_llava(figures: dict, args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))
     print(json.dumps(figures, indent=2))
+
+
+PACKING_TARGETS = {"packing_speedup_vs_plain": ">= 1.5", "packing_speedup_vs_grouped": ">= 1.1",
+                   "tokenize_cache_ratio": "<= 0.2", "rss_growth": "<= 1.2"}
+
+
+def packing_section(repeats: int) -> dict:
+    """Section 4 (issue 19): plain padding vs length grouping vs packing, the token cache, its memory."""
+    from train_packing import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(Path(tmp), repeats=repeats)
+
+
+def packing_figures(section: dict) -> dict:
+    return {"packing": section, **{k: section[k] for k in PACKING_TARGETS}}
+
+
+def write_packing(section: dict) -> None:
+    """`--only packing`: the section's figures into results/train.json, the file's other figures kept."""
+    out = REPO / "benchmarks" / "results" / "train.json"
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    data.update(packing_figures(section))
+    data.setdefault("targets", {}).update(PACKING_TARGETS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    print(json.dumps(section, indent=2))
 
 
 if __name__ == "__main__":

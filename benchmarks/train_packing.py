@@ -122,7 +122,8 @@ def cache_epochs(tmp: Path, shards: Path, repeats: int) -> dict:
     (building it), second epoch (reading it). Medians over `repeats`."""
     from transformers import AutoTokenizer
 
-    from training.data import Collator, ShardStream, StreamConfig, shard_units, subset_files
+    from training.data import shard_units, subset_files
+    from training.stream import Collator, ShardStream, StreamConfig
     from training.token_cache import TokenSettings, build_token_cache
 
     tok = AutoTokenizer.from_pretrained(str(tmp / "train" / "base"))

@@ -95,7 +95,8 @@ def test_training_reads_every_row_whole_and_datasets_decodes_the_lists(rendered,
     import datasets
     from transformers import CLIPImageProcessorPil
 
-    from training.data import Collator, ShardStream, StreamConfig, shard_units, subset_files
+    from training.data import shard_units, subset_files
+    from training.stream import Collator, ShardStream, StreamConfig
     from training.tokenizer import load_tokenizer
 
     out, _, tok_dir = rendered

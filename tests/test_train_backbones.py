@@ -99,7 +99,7 @@ def _model_cfg(tmp_path, arch: str, vision_kind: str = "clip") -> ModelConfig:
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_llm_architecture_loads_by_path_and_takes_two_images(tmp_path, arch):
     from training.build import build_model, build_tokenizer_for
-    from training.data import Collator
+    from training.stream import Collator
 
     cfg = _model_cfg(tmp_path, arch, vision_kind="siglip" if arch == "qwen2" else "clip")
     tokenizer = build_tokenizer_for(cfg)

@@ -7,16 +7,14 @@ import pytest
 from templates import get_template, render_turns
 from training.data import (
     IGNORE,
-    Collator,
     RowTooLong,
-    ShardStream,
-    StreamConfig,
     encode_turns,
     fitting_turns,
     shard_units,
     subset_files,
     turn_lengths,
 )
+from training.stream import Collator, ShardStream, StreamConfig
 from training.synthetic import write_synthetic_shards
 from training.tokenizer import build_tokenizer
 

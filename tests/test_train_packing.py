@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig
 
-from training.data import IGNORE, Collator
+from training.data import IGNORE
+from training.stream import Collator
 from training.model import VisualCLAConfig, VisualCLAModel
 from training.packing import efficiency, pack, plan_packs
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from training.config import ModelConfig, StageConfig
-from training.data import Collator, ShardStream, StreamConfig, shard_units, subset_files
+from training.data import shard_units, subset_files
+from training.stream import Collator, ShardStream, StreamConfig
 from training.run import train_stage
 from training.synthetic import make_rows, write_synthetic_shards
 from training.token_cache import (

@@ -41,7 +41,8 @@ from training.checkpoint import (
     stage_base,
 )
 from training.config import ModelConfig, StageConfig
-from training.data import Collator, ShardStream, StreamConfig, count_rows, read_unit, shard_units, subset_files
+from training.data import count_rows, read_unit, shard_units, subset_files
+from training.stream import Collator, ShardStream, StreamConfig
 from training.lora import count_parameters, setup_stage
 from training.token_cache import TokenSettings
 from training.trainer import StageProgress, StopAfter, VisualCLATrainer, barrier

@@ -19,7 +19,7 @@ from common.files import TMP_PREFIX, atomic_open, rename_into_place
 from common.progress import bar
 from training.checkpoint import WRITE_ERRORS, checkpoint_write_error, trainable_state
 from training.config import StageConfig
-from training.data import ShardStream
+from training.stream import ShardStream
 from training.lora import param_groups
 
 TRAINABLE_FILE = "trainable.safetensors"
