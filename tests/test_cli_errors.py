@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from support.chat_server import ChatServer
 from support.translate_fixtures import record, write_records
 
@@ -445,3 +446,73 @@ def test_interactive_chat_ends_cleanly_at_end_of_input(checkpoint, image, monkey
     monkeypatch.setattr("builtins.input", fake_input)
     assert main(["chat", "--checkpoint", str(checkpoint), "--image", str(image)]) == 0
     assert capsys.readouterr().out.strip()  # one answer, then a clean end instead of an EOFError traceback
+
+
+# -- several images: repeated --image, and `/image PATH` lines in an interactive session ------------------
+
+@pytest.fixture(scope="module")
+def second_image(checkpoint) -> Path:
+    from training.synthetic import draw
+
+    path = checkpoint.parent / "blue-square.png"
+    path.write_bytes(draw("蓝色", "正方形", seed=3))
+    return path
+
+
+def typing(monkeypatch, lines: list[str]) -> None:
+    """`input()` returns `lines` one by one, then the end of input (Ctrl-D)."""
+    typed = iter(lines)
+
+    def fake_input(prompt: str) -> str:
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+    monkeypatch.setattr("builtins.input", fake_input)
+
+
+def test_chat_with_repeated_image_puts_them_in_order_into_the_first_message(checkpoint, image, second_image, capsys):
+    """Two --image flags: `chat`'s greedy answer with both images in the first turn, in the order given;
+    one --image is still `chat`'s one-image answer."""
+    from training.chat import GREEDY, ChatModel, chat
+
+    bot, pils = ChatModel.load(checkpoint), [Image.open(p).convert("RGB") for p in (image, second_image)]
+    out = answer(capsys, checkpoint, image, "--image", str(second_image), "--greedy")
+    assert out == chat(bot, pils, "图中是什么？", **GREEDY)[0] + "\n"
+    assert answer(capsys, checkpoint, image, "--greedy") == chat(bot, pils[0], "图中是什么？", **GREEDY)[0] + "\n"
+
+
+def test_chat_checks_every_image_before_the_model_loads(checkpoint, image, tmp_path, capsys):
+    bad = tmp_path / "second.png"
+    bad.write_text("not a picture")
+    assert main(["chat", "--checkpoint", str(checkpoint), "--image", str(image), "--image", str(bad), "--text", "?"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"vcla chat: --image {bad}: cannot use it (image_not_an_image") and "PNG" in last
+
+
+def test_interactive_chat_image_lines_attach_images_to_the_next_message(checkpoint, image, second_image, tmp_path,
+                                                                   monkeypatch, capsys):
+    """`/image PATH` after the first turn: the next message carries it (`turn_images`), as `chat` answers
+    it; a bad `/image` line is one message on stderr and the session goes on."""
+    from training.chat import GREEDY, ChatModel, chat
+
+    typing(monkeypatch, ["图中是什么？", f"/image {tmp_path / 'gone.png'}", "/image", f"/image {second_image}",
+                         "和这张比呢？", "还有别的吗？"])
+    assert main(["chat", "--checkpoint", str(checkpoint), "--image", str(image), "--greedy"]) == 0
+    out, err = capsys.readouterr()
+    bot, first, second = ChatModel.load(checkpoint), Image.open(image), Image.open(second_image)
+    a1, history = chat(bot, first, "图中是什么？", **GREEDY)
+    a2, history = chat(bot, first, "和这张比呢？", history, turn_images=[second], **GREEDY)
+    a3, history = chat(bot, first, "还有别的吗？", history, **GREEDY)
+    assert out == f"{a1}\n{a2}\n{a3}\n\n" and a2.strip()  # the answers (several lines each), then the end's newline
+    assert [len(h.get("images", ())) for h in history[0::2]] == [1, 1, 0]
+    assert f"vcla chat: /image {tmp_path / 'gone.png'}: file not found; pass an existing image file" in err
+    assert "vcla chat: /image: no file given; type /image PATH [PATH ...]" in err
+    assert "[chat] 1 image(s) go with your next message" in err
+
+
+def test_only_templates_with_text_in_every_turn_take_several_images():
+    """`vcla chat` refuses a second image (and the web page a second upload) for stage 1's `none` template."""
+    from pipelines.webui.uploads import takes_several_images
+
+    assert not takes_several_images("none") and takes_several_images("visualcla") and takes_several_images("chatml")

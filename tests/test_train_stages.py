@@ -287,6 +287,12 @@ def test_chat_and_evaluate(visualcla_run, tmp_path):
     reply, history = chat(bot, draw("红色", "圆形"), "圆形是什么颜色？", max_new_tokens=4)
     reply2, history = chat(bot, draw("红色", "圆形"), "它是什么形状？", history, max_new_tokens=4, do_sample=False)
     assert [h["type"] for h in history] == ["instruction", "response"] * 2 and isinstance(reply2, str)
+    # an earlier answer that wrote an image block as text stays text (it is no image to place)
+    from templates.image import IMAGE_BLOCK
+
+    odd = [history[0], {"type": "response", "value": f"见{IMAGE_BLOCK}。"}]
+    reply3, _ = chat(bot, draw("红色", "圆形"), "还有别的吗？", odd, max_new_tokens=2, do_sample=False)
+    assert isinstance(reply3, str)
     corpus = tmp_path / "corpus"
     (corpus / "images").mkdir(parents=True)
     (corpus / "heldout").mkdir()

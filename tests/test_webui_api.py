@@ -30,10 +30,21 @@ def text_of(message: dict) -> str:
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
 
 
-def upload(client, path) -> str:
+def resend(messages: list[dict]) -> list[dict]:
+    """The chat box's messages as a client sends them back: gradio_client gives a message's image as the
+    local path of the file it downloaded, which goes back as a file (`handle_file`), as the page sends it."""
     from gradio_client import handle_file
 
-    _, _, notice = client.predict(handle_file(str(path)), [], "", api_name="/image")
+    def part(p):
+        return {**p, "file": handle_file(p["file"])} if isinstance(p, dict) and isinstance(p.get("file"), str) else p
+    return [{**m, "content": [part(p) for p in m["content"]]} if isinstance(m["content"], list) else m
+            for m in messages]
+
+
+def upload(client, path, messages: list[dict] | None = None) -> str:
+    from gradio_client import handle_file
+
+    _, _, notice = client.predict(handle_file(str(path)), resend(messages or []), "", api_name="/image")
     return notice
 
 
@@ -58,9 +69,86 @@ def test_an_image_and_a_question_stream_chinese_from_the_chat_code_path(client, 
     assert len(grown) >= 2, partials  # seen before the end: streamed, not sent at once
     assert all(expected.startswith(p) for p in partials), partials
 
-    second = client.predict("它是什么颜色？", first, *settings, api_name="/chat")[0]
+    second = client.predict("它是什么颜色？", resend(first), *settings, api_name="/chat")[0]
     assert [m["role"] for m in second] == ["user", "assistant"] * 2
     assert text_of(second[3]) == chat(bot, pil, "它是什么颜色？", history, **GREEDY, max_new_tokens=20)[0]
+
+
+def images_of(message: dict) -> int:
+    content = message["content"]
+    return 0 if isinstance(content, str) else sum(p.get("type") == "file" for p in content)
+
+
+@pytest.fixture(scope="module")
+def sft_server(webui_run, tmp_path_factory):
+    """A second server over a tiny instruction-tuned stage (the `visualcla` template, which takes several
+    images; the session server's stage-1 `none` template places one)."""
+    import socket
+
+    from pipelines.webui.app import WebUI, build_app, launch
+    from pipelines.webui.safety import bind_settings
+    from training.chat import ChatModel
+    from training.config import ModelConfig, StageConfig
+    from training.run import train_stage
+
+    model = ModelConfig(
+        vision={"kind": "clip", "image_size": 32, "init": {"hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}},
+        connector={"kind": "mlp2x_gelu"},
+        llm={"init": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
+                      "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 500}})
+    # 60 steps: answers are Chinese text (after 2 an answer may echo the image block, after 10 is empty)
+    stage = StageConfig(data="sft", max_steps=60, batch_size=8, max_length=160, save_steps=60, warmup_ratio=0.0,
+                        lr={"default": 3e-3}, trainable={"connector": "full", "llm": "full"})
+    checkpoint = tmp_path_factory.mktemp("webui-sft") / "stage2"
+    train_stage(model, "stage2", stage, webui_run / "render", checkpoint)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    webui = WebUI(bot=ChatModel.load(checkpoint), run_dir=webui_run, checkpoint=checkpoint)
+    app = build_app(webui)
+    url, _ = launch(app, webui, bind_settings(port=port), block=False)
+    yield {"url": url, "webui": webui}
+    app.close()
+
+
+def test_a_one_image_template_refuses_a_second_image_with_a_message(client, tmp_path):
+    client.predict(api_name="/clear")
+    (tmp_path / "a.png").write_bytes(draw("红色", "圆形", seed=7))
+    (tmp_path / "b.png").write_bytes(draw("绿色", "正方形", seed=8))
+    upload(client, tmp_path / "a.png")
+    first = client.predict("图中是什么？", [], 0.5, 0.9, 8, True, api_name="/chat")[0]
+    assert upload(client, tmp_path / "b.png", first) == "这个模型的模板 none 每段对话只能放一张图片；请点“清空”后再换图片。"
+    client.predict(api_name="/clear")
+
+
+def test_an_image_uploaded_after_the_first_turn_goes_with_the_next_message(sft_server, tmp_path):
+    """A second image in the second turn: the same conversation (the first exchange stays), the chat box
+    shows each question's image, and the answer is `chat`'s greedy one with `turn_images`; Regenerate
+    asks again with that turn's image; a third question without an upload brings none."""
+    from gradio_client import Client
+
+    client, webui_server = Client(sft_server["url"], verbose=False), sft_server
+    first_image, second_image = tmp_path / "red.png", tmp_path / "green.png"
+    first_image.write_bytes(draw("红色", "圆形", seed=7))
+    second_image.write_bytes(draw("绿色", "正方形", seed=8))
+    settings = (0.5, 0.9, 16, True)
+    upload(client, first_image)
+    first = client.predict("图中是什么？", [], *settings, api_name="/chat")[0]
+    assert upload(client, second_image, first) == "图片可用：64 × 64。 它将随下一条消息发送（待发送 1 张）。"
+    second = client.predict("和这张比呢？", resend(first), *settings, api_name="/chat")[0]
+    assert [images_of(m) for m in second] == [1, 0, 1, 0] and text_of(second[1]) == text_of(first[1])
+
+    bot = webui_server["webui"].bot
+    red, green = (Image.open(p).convert("RGB") for p in (first_image, second_image))
+    _, history = chat(bot, red, "图中是什么？", None, **GREEDY, max_new_tokens=16)
+    expected, history = chat(bot, None, "和这张比呢？", history, turn_images=[green], **GREEDY, max_new_tokens=16)
+    assert text_of(second[3]) == expected and expected.strip(), (text_of(second[3]), expected)
+    assert [text_of(m) for m in client.predict(resend(second), *settings, api_name="/regenerate")[0]] == \
+        [text_of(m) for m in second]
+    third = client.predict("还有吗？", resend(second), *settings, api_name="/chat")[0]
+    assert [images_of(m) for m in third] == [1, 0, 1, 0, 0, 0]
+    assert text_of(third[5]) == chat(bot, None, "还有吗？", history, **GREEDY, max_new_tokens=16)[0]
 
 
 def test_regenerate_and_clear(client, tmp_path):
@@ -69,7 +157,7 @@ def test_regenerate_and_clear(client, tmp_path):
     upload(client, image)
     settings = (0.5, 0.9, 12, True)
     answered = client.predict("正方形是什么颜色？", [], *settings, api_name="/chat")[0]
-    again = client.predict(answered, *settings, api_name="/regenerate")[0]
+    again = client.predict(resend(answered), *settings, api_name="/regenerate")[0]
     assert [text_of(m) for m in again] == [text_of(m) for m in answered]  # greedy: the same answer again
     assert client.predict([], *settings, api_name="/regenerate")[2] == "还没有可以重新生成的回答。"
     messages, image_value, notice = client.predict(api_name="/clear")

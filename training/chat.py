@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from templates.image import inline_images
+from templates.image import IMAGE_BLOCK, inline_images
 from templates.instructions import HintPolicy
 from templates.registry import get_template
 from templates.schema import IMAGE_PLACEHOLDER
@@ -104,7 +104,8 @@ def build_prompt(bot: ChatModel, text: str, pairs: list[tuple[str, str]], images
     slot = sum(counts) == 1 and counts[0] == 1 and IMAGE_PLACEHOLDER not in texts[0]
     if not slot:
         texts = [inline_images(t, k) if k else t for t, k in zip(texts, counts)]
-    answers = [a for _, a in pairs] + [""]
+    # an earlier answer that wrote an image block as text would read as an image: keep it text
+    answers = [a.replace(IMAGE_BLOCK, IMAGE_PLACEHOLDER) for _, a in pairs] + [""]
     turns = render_turns(get_template(bot.template), list(zip(texts, answers)), image=slot)
     return prompt_ids(bot.tokenizer, turns, images=sum(counts), num_image_tokens=bot.model.config.num_image_tokens)
 

@@ -3,35 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli.preflight import checked_image
-from pipelines.core.errors import StepFailed
+from PIL import Image
+
+from pipelines.cli.preflight import checked_image, checked_images
+from pipelines.core.errors import StepFailed, UsageError
 from pipelines.recipe import Recipe
 from pipelines.steps.evaluate import checkpoint_to_use, load_checked
 
 
 def chat_command(recipe: Recipe, options: argparse.Namespace) -> dict[str, Any]:
-    """`vcla chat`: sampled answers (VisualCLA defaults), repeatable with --seed, or greedy with --greedy."""
+    """`vcla chat`: sampled answers (VisualCLA defaults), repeatable with --seed, or greedy with --greedy.
+    Every `--image` goes into the first message, in order; in an interactive session a line
+    `/image PATH ...` attaches images to the next message (`training.chat.chat`'s `turn_images`)."""
     import torch
 
     from training.chat import GREEDY, ChatModel, chat
 
-    image = checked_image(options.image, recipe.download.max_image_pixels)
-    model, history = load_checked("chat", checkpoint_to_use(recipe, options.checkpoint), ChatModel.load), None
+    max_pixels = recipe.download.max_image_pixels
+    images = checked_images(options.image, max_pixels)
+    checkpoint = checkpoint_to_use(recipe, options.checkpoint)
+    model, history = load_checked("chat", checkpoint, ChatModel.load), None
+    several = _takes_several_images(model.template)
+    if len(images) > 1 and not several:
+        raise UsageError(f"--image: {len(images)} images, but {checkpoint} has the template {model.template!r}, "
+                         "which places one image; pass one --image, or chat with a later stage")
     if getattr(options, "seed", None) is not None:
         torch.manual_seed(options.seed)
     generation = GREEDY if getattr(options, "greedy", False) else {}
     short = getattr(options, "short", False)  # the checkpoint's own hint: what training's short-answer rows asked
-    for text in [options.text] if options.text else _typed_messages():
-        response, history = chat(model, image, model.hint.ask_short(text) if short else text, history, **generation)
+    messages = [(options.text, [])] if options.text else _typed_messages(max_pixels, several)
+    for text, turn_images in messages:
+        response, history = chat(model, images, model.hint.ask_short(text) if short else text, history,
+                                 turn_images=turn_images, **generation)
         print(response)
     return {"turns": len(history or [])}
 
 
-def _typed_messages() -> Iterator[str]:
+IMAGE_COMMAND = "/image"
+"""An interactive line `/image PATH [PATH ...]` attaches images to the next message (quote a path with spaces)."""
+
+
+def _typed_messages(max_pixels: int, several: bool) -> Iterator[tuple[str, list[Image.Image]]]:
+    """(message, images attached to it by `/image` lines before it), for the lines typed at the prompt,
+    until an empty line, the end of input (Ctrl-D) or Ctrl-C. A bad `/image` line (or any, when the
+    checkpoint's template places one image: `several` False) is reported on stderr and attaches
+    nothing; the session goes on."""
+    attached: list[Image.Image] = []
+    for line in _typed_lines():
+        if line.split(maxsplit=1)[:1] != [IMAGE_COMMAND]:
+            yield line, attached
+            attached = []
+            continue
+        try:
+            if not several:
+                raise UsageError(f"{IMAGE_COMMAND}: this checkpoint's template places one image (the --image); "
+                                 "chat with a later stage to add images")
+            attached += _image_line(line, max_pixels)
+        except UsageError as e:
+            print(f"vcla chat: {e}", file=sys.stderr)
+            continue
+        print(f"[chat] {len(attached)} image(s) go with your next message", file=sys.stderr)
+
+
+def _image_line(line: str, max_pixels: int) -> list[Image.Image]:
+    """The images a `/image PATH [PATH ...]` line names, each checked as `--image` is; UsageError otherwise."""
+    try:
+        paths = shlex.split(line)[1:]
+    except ValueError as e:  # an unclosed quote
+        raise UsageError(f"{IMAGE_COMMAND}: cannot read the line ({e}); quote a path with spaces") from None
+    if not paths:
+        raise UsageError(f"{IMAGE_COMMAND}: no file given; type {IMAGE_COMMAND} PATH [PATH ...]")
+    return [checked_image(Path(p), max_pixels, flag=IMAGE_COMMAND) for p in paths]
+
+
+def _takes_several_images(template: str) -> bool:
+    from pipelines.webui.uploads import takes_several_images  # gradio-free: checks and template facts only
+
+    return takes_several_images(template)
+
+
+def _typed_lines() -> Iterator[str]:
     """Lines typed at the prompt, until an empty line, the end of input (Ctrl-D) or Ctrl-C."""
     while True:
         try:
@@ -42,7 +99,6 @@ def _typed_messages() -> Iterator[str]:
         if not text:
             return
         yield text
-
 
 
 def export_command(recipe: Recipe, options: argparse.Namespace) -> dict[str, Any]:

@@ -110,11 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "build-and-train", "Run every step in order: demo data, download, curate, generate, translate, render, "
          "train, eval.",
          "With no arguments, runs the bundled demo recipe fully offline and prints a summary table.")
-    p = _add(sub, "chat", "Chat with a checkpoint about an image (multi-turn).",
+    p = _add(sub, "chat", "Chat with a checkpoint about one or more images (multi-turn).",
              "Uses the VisualCLA generation defaults (top_p 0.9, top_k 40, temperature 0.5, ...).")
     p.add_argument("--checkpoint", type=Path, help="stage folder (default: the run's last stage)")
-    p.add_argument("--image", type=Path, help="image file")
-    p.add_argument("--text", help="one message; without it, an interactive session")
+    p.add_argument("--image", type=Path, action="append", metavar="PATH",
+                   help="image file; repeat it for several, which go into the first message in order")
+    p.add_argument("--text", help="one message; without it, an interactive session (a line `/image PATH ...` "
+                   "attaches images to the next message)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (plain argmax, as a llava-hf export's "
                    "generate(do_sample=False)): the same answer every time")
     p.add_argument("--seed", type=int, default=None, help="seed the sampling, so a rerun gives the same answers")

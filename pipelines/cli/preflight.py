@@ -3,7 +3,7 @@
     preflight("train", recipe, options)   # RecipeError / UsageError / StepFailed, or None
 
 Each command checks what it will need and can see now: files and folders the recipe names, the
-API key's and Hub token's environment variables, the download distributor's package, `--image`,
+API key's and Hub token's environment variables, the download distributor's package, each `--image`,
 `--stage`, the checkpoint and the folders it builds on. The steps run the same checks again (they
 may run without the CLI, as deployments); here they fail in a second instead of after a server
 start or a model load. For `build-and-train`, paths under the demo corpus folder are made by the
@@ -142,7 +142,7 @@ def publish(recipe: Recipe, options: argparse.Namespace) -> None:
 
 
 def chat_image(recipe: Recipe, options: argparse.Namespace) -> None:
-    checked_image(options.image, recipe.download.max_image_pixels)
+    checked_images(options.image, recipe.download.max_image_pixels)
 
 
 def webui_bind(recipe: Recipe, options: argparse.Namespace) -> None:
@@ -159,24 +159,31 @@ def webui_checkpoint(recipe: Recipe, options: argparse.Namespace) -> None:
         checkpoint(recipe, options)
 
 
-def checked_image(path: Path | None, max_pixels: int) -> Image.Image:
+def checked_images(paths: list[Path] | None, max_pixels: int) -> list[Image.Image]:
+    """Every `--image` (repeatable), in order, through `checked_image`; the first bad one raises."""
+    if not paths:
+        raise UsageError("--image: required; pass --image PATH (a JPEG, PNG or WebP file; repeat it for several)")
+    return [checked_image(path, max_pixels) for path in paths]
+
+
+def checked_image(path: Path | None, max_pixels: int, flag: str = "--image") -> Image.Image:
     """`--image` decoded to RGB with the download step's checks (empty, not an image, truncated,
-    decompression bomb); UsageError naming the file otherwise."""
+    decompression bomb); UsageError naming the file (after `flag`: `/image` in an interactive chat) otherwise."""
     from pipelines.steps.download.images import ImageRejected, open_image, to_rgb
 
     if path is None:
-        raise UsageError("--image: required; pass --image PATH (a JPEG, PNG or WebP file)")
+        raise UsageError(f"{flag}: required; pass {flag} PATH (a JPEG, PNG or WebP file)")
     try:
         data = Path(path).read_bytes()
         return to_rgb(open_image(data, max_pixels))
     except FileNotFoundError:
-        raise UsageError(f"--image {path}: file not found; pass an existing image file") from None
+        raise UsageError(f"{flag} {path}: file not found; pass an existing image file") from None
     except IsADirectoryError:
-        raise UsageError(f"--image {path}: is a folder; pass an image file") from None
+        raise UsageError(f"{flag} {path}: is a folder; pass an image file") from None
     except PermissionError:
-        raise UsageError(f"--image {path}: not readable (permission denied)") from None
+        raise UsageError(f"{flag} {path}: not readable (permission denied)") from None
     except ImageRejected as e:
-        raise UsageError(f"--image {path}: cannot use it ({e}); pass a JPEG, PNG or WebP file") from None
+        raise UsageError(f"{flag} {path}: cannot use it ({e}); pass a JPEG, PNG or WebP file") from None
 
 
 def export_out(recipe: Recipe, options: argparse.Namespace) -> None:

@@ -6,7 +6,8 @@
 The tabs' work lives beside this file (chat.py, browse.py); here they are laid out and wired to
 Gradio's events. Every event the page uses is also an API endpoint (`api_name`), which is how the
 tests drive it with `gradio_client`: `/image`, `/chat`, `/regenerate`, `/clear`, `/data_page`,
-`/rejected`.
+`/rejected`. A chat message's images come back to a `gradio_client` caller as local file paths; it
+sends the messages back with those parts as files (`handle_file`), as the page does.
 """
 
 from __future__ import annotations

@@ -31,7 +31,9 @@ ZH: dict[str, str] = {
     "no_model": "没有可用的模型：{}。数据页仍可浏览。",
     "image_ok": "图片可用：{} × {}。",
     "image_rejected": "这张图片无法使用：{}",
-    "new_image": "换了图片，已开始新的对话。",
+    "image_next": "它将随下一条消息发送（待发送 {} 张）。",
+    "image_one_only": "这个模型的模板 {} 每段对话只能放一张图片；请点“清空”后再换图片。",
+    "image_unknown": "对话中的图片 {} 已不在服务器上（服务器可能重启过）；请点“清空”后重新上传。",
     "empty_question": "请先输入问题。",
     "nothing_to_regenerate": "还没有可以重新生成的回答。",
     "stopped": "已停止生成。",
@@ -95,7 +97,11 @@ EN: dict[str, str] = {
     "no_model": "No model to chat with: {}. The data tab still works.",
     "image_ok": "Image accepted: {} × {}.",
     "image_rejected": "This image cannot be used: {}",
-    "new_image": "New image: a new conversation has started.",
+    "image_next": "It goes with your next message ({} waiting).",
+    "image_one_only": ("This model's template {} takes one image per conversation; press Clear, then upload "
+                       "the new image."),
+    "image_unknown": ("The conversation's image {} is no longer on the server (restarted?); "
+                      "press Clear and upload it again."),
     "empty_question": "Type a question first.",
     "nothing_to_regenerate": "No answer to regenerate yet.",
     "stopped": "Generation stopped.",

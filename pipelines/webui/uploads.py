@@ -56,3 +56,12 @@ def checked_upload(path: Path, max_bytes: int, max_pixels: int) -> Image.Image:
         raise UploadRejected(f"{e}; upload a JPEG, PNG or WebP image") from None
     except MemoryError:
         raise UploadRejected("the image is too large to decode; upload a smaller image") from None
+
+
+def takes_several_images(template: str) -> bool:
+    """Whether a checkpoint's chat template can hold several images: they stand inline in the text of
+    their turns, so every turn needs text (the stage-1 template `none` places one image and no text)."""
+    from templates.registry import get_template
+
+    t = get_template(template)
+    return t.supports_image and "{text}" in t.first_turn and "{text}" in t.turn
