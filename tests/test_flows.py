@@ -60,6 +60,11 @@ def test_summary_covers_every_step(finished_run):
     assert {name: sorted(cells) for name, cells in suites.items()} == {
         "captions": ["stage1"], "choice": ["stage2"], "colour": ["stage2"], "describe": ["stage2"]}
     assert suites["captions"]["stage1"]["metric"] == "cider_d" and 0 <= suites["choice"]["stage2"]["value"] <= 1
+    # in the loop: stage 1 was evaluated as soon as it had trained, before stage 2 trained
+    after = json.loads((run_dir / "eval" / "after-stage1.json").read_text(encoding="utf-8"))
+    assert [(r["suite"], r["stage"]) for r in after["suites"]] == [("captions", "stage1")]
+    assert "cider_d" in after["suites"][0]["metrics"]
+    assert (run_dir / "eval" / "after-stage1.json").stat().st_mtime < (run_dir / "train" / "stage2" / "stage.json").stat().st_mtime
     report = (run_dir / "eval" / "report.md").read_text(encoding="utf-8")
     assert all(f"## {name} " in report for name in suites) and (run_dir / "eval" / "stages.png").stat().st_size > 1000
     assert any((run_dir / "eval" / "tb").glob("events.out.tfevents.*"))

@@ -4,6 +4,9 @@ processes, and a stage trains from it (and with packing) end to end."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -109,3 +112,29 @@ def test_a_stage_trains_from_the_cache_and_with_packing(tmp_path, shards):
     assert packed["steps"] < plain["steps"] and packed["packing_efficiency"] > 0.5
     assert packed["padding_fraction"] < plain["padding_fraction"] or plain["padding_fraction"] < 0.05
     assert packed["trained_tokens"] == plain["trained_tokens"]  # the same targets, fewer steps
+
+
+def test_a_packing_stream_trains_every_sample_of_a_pass_once(shards, tok):
+    """Packed rows are never packed again: over one pass every sample is in exactly one row of one batch
+    (small buffers: the samples of a partial last batch go back unpacked), and each row's positions restart
+    once per sample it holds."""
+    import random
+
+    from transformers import CLIPImageProcessorPil
+
+    units = shard_units(subset_files(shards, "sft"))
+    folder = Path(tempfile.mkdtemp()) / "tokens"
+    build_token_cache(units, tok, folder, SETTINGS)
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    cfg = StreamConfig(batch_size=2, max_length=256, num_image_tokens=4, batches_per_rank=1, seed=1,
+                       token_cache=folder, packing=True, buffer_batches=4)
+    stream = ShardStream(units, tok, Collator(pad_token_id=tok.pad_token_id, image_processor=proc), cfg)
+    samples = 0
+    for batch in stream._batches(units, random.Random(1)):  # one pass
+        held = int(batch["padding_stats"][4])
+        samples += held
+        width = batch["input_ids"].shape[1]
+        padded = (batch["labels"][:, -1] == -100) & (batch["input_ids"][:, -1] == tok.pad_token_id)
+        starts = (batch["position_ids"] == 0).sum(1) - padded.long()  # less each padding block
+        assert int(starts.sum()) == held and batch["input_ids"].shape == (batch["position_ids"].shape[0], width)
+    assert samples == sum(u.rows for u in units)

@@ -156,11 +156,10 @@ class ShardStream(IterableDataset):
     def _flush(self, buffer: list[dict], rng: random.Random, final: bool) -> Iterator[dict[str, torch.Tensor]]:
         size = self.cfg.batch_size
         rng.shuffle(buffer)
-        if self.cfg.packing:  # every sample of the buffer, packed into sequences of up to max_length
-            bins = plan_packs([len(e["input_ids"]) for e in buffer], self.cfg.max_length, rng.getrandbits(32))
-            buffer[:] = [pack(buffer[i] for i in b) for b in bins]
-            rng.shuffle(buffer)
-        elif self.cfg.length_grouping:
+        if self.cfg.packing:
+            yield from self._flush_packed(buffer, rng, final)
+            return
+        if self.cfg.length_grouping:
             buffer.sort(key=lambda e: len(e["input_ids"]))
         n_full = len(buffer) // size
         batches = [buffer[i * size:(i + 1) * size] for i in range(n_full)]
@@ -171,6 +170,20 @@ class ShardStream(IterableDataset):
         buffer[:] = [] if final else rest
         for b in batches:
             yield self.collator(b)
+
+    def _flush_packed(self, buffer: list[dict], rng: random.Random, final: bool) -> Iterator[dict[str, torch.Tensor]]:
+        """The buffer's samples planned into sequences of up to max_length, full batches of them yielded; the
+        samples of a last, partial batch go back to the buffer unpacked (packed again with the next ones)."""
+        size = self.cfg.batch_size
+        bins = plan_packs([len(e["input_ids"]) for e in buffer], self.cfg.max_length, rng.getrandbits(32))
+        rng.shuffle(bins)
+        n_full = len(bins) // size + int(final and len(bins) % size > 0)
+        batches = [bins[k * size:(k + 1) * size] for k in range(n_full)]
+        rest = [buffer[i] for b in bins[n_full * size:] for i in b]
+        packed = [[pack(buffer[i] for i in b) for b in batch] for batch in batches]
+        buffer[:] = rest
+        for rows in packed:
+            yield self.collator(rows)
 
     def _cached_features(self, unit: ShardUnit) -> tuple[torch.Tensor, torch.Tensor]:
         """(features of every image of the unit [images, tokens, width], row offsets [rows + 1])."""

@@ -93,14 +93,10 @@ def step_task(name: str, key: str | None, spec: dict[str, Any], options: dict[st
 def run_step(name: str, spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """Submit a step task: a cache hit when its output is complete, up to date and left no
     retryable work; run in place when it left some; set aside and redone when it is stale."""
-    recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
     step = STEPS[name]
-    out = step.output(recipe)
     # `train --stage s` or `eval --checkpoint c` does part of a step: not cached, not marked done
     partial = step.make_options(options).partial
-    upstream = recorded_output(STEPS[step.upstream], recipe) if step.upstream else None
-    key = fingerprint(step, recipe, upstream) if out is not None and not partial else None
-    marker = recorded(step, recipe)
+    out, key, marker = _state(name, spec, partial)
     current = key is not None and marker.get("fingerprint") == key
     if marker and not current and not partial:
         _set_aside(name, out)
@@ -112,6 +108,36 @@ def run_step(name: str, spec: dict[str, Any], options: dict[str, Any]) -> dict[s
     if cached:
         print(f"[{name}] up to date (fingerprint {key[:12]}); nothing to do")
     return result
+
+
+def _state(name: str, spec: dict[str, Any], partial: bool = False) -> tuple[Path | None, str | None, dict[str, Any]]:
+    """A step's output folder, its fingerprint now (None when partial or without output) and its marker."""
+    recipe = load_recipe(spec["recipe"], spec["overrides"], spec["run_dir"])
+    step = STEPS[name]
+    out = step.output(recipe)
+    upstream = recorded_output(STEPS[step.upstream], recipe) if step.upstream else None
+    key = fingerprint(step, recipe, upstream) if out is not None and not partial else None
+    return out, key, recorded(step, recipe)
+
+
+def train_and_evaluate_stage_by_stage(spec: dict[str, Any], recipe: Recipe) -> None:
+    """Before the train step: when it has work to do and the recipe has eval suites, train every stage
+    but the last one by one, each evaluated on its suites as soon as it has trained (captions after stage
+    1). The whole train step then finds those stages done and trains the last; the eval step that follows
+    evaluates every stage and writes the report. Stale train / eval folders are set aside first, so the
+    stages trained here are the ones the steps keep."""
+    if not recipe.eval.suites or len(recipe.stages) < 2:
+        return
+    out, key, marker = _state("train", spec)
+    if key is not None and marker.get("fingerprint") == key and not marker.get("retry_pending", 0):
+        return  # trained and up to date: the eval step is what runs (or is cached)
+    for name in ("train", "eval"):
+        out, key, marker = _state(name, spec)
+        if marker and marker.get("fingerprint") != key:
+            _set_aside(name, out)
+    for stage in list(recipe.stages)[:-1]:
+        run_step("train", spec, {"stage": stage})
+        run_step("eval", spec, {"stage": stage})
 
 
 def _reopen(name: str, out: Path, pending: int) -> None:
@@ -169,6 +195,8 @@ def build_and_train(recipe: str = "recipes/demo.yaml", overrides: list[str] | No
     results = {}
     for name in PIPELINE:
         print(f"[build-and-train] {name} ...")
+        if name == "train":
+            train_and_evaluate_stage_by_stage(spec, loaded)
         results[name] = run_step(name, spec, {"if_configured": True})
     summary = write_summary(loaded, results, time.monotonic() - started)
     print(summary_table(summary))

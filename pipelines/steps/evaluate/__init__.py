@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.files import write_json
 from common.layout import STAGE_FILE
 from pipelines.core.errors import StepFailed
 from pipelines.core.step import Step
@@ -27,10 +28,13 @@ DESCRIBE = "请详细描述这张图片。"  # one of the demo's LLaVA "detail" 
 class EvalOptions:
     checkpoint: str | None = None
     """Evaluate this stage folder instead of the run's last stage; the step is then not marked done."""
+    stage: str | None = None
+    """Only the suites of this stage, right after it trained (`build-and-train` between stages); not marked
+    done, no report: the whole step writes that once every stage has trained."""
 
     @property
     def partial(self) -> bool:
-        return self.checkpoint is not None
+        return self.checkpoint is not None or self.stage is not None
 
 
 def checkpoint_to_use(recipe: Recipe, given: str | Path | None) -> Path:
@@ -54,6 +58,8 @@ def run(recipe: Recipe, options: EvalOptions) -> dict[str, Any]:
             bots[str(checkpoint)] = load_checked("eval", checkpoint, ChatModel.load)
         return bots[str(checkpoint)]
 
+    if options.stage is not None:
+        return _one_stage(recipe, options, bot_for, out_dir)
     if recipe.eval.suites:
         from pipelines.steps.evaluate.report import write_report
         from pipelines.steps.evaluate.runner import run_suites
@@ -67,6 +73,24 @@ def run(recipe: Recipe, options: EvalOptions) -> dict[str, Any]:
         return summary
     summary.update(_split_and_chat(recipe, checkpoint_to_use(recipe, options.checkpoint), bot_for))
     return summary
+
+
+def _one_stage(recipe: Recipe, options: EvalOptions, bot_for: Callable[[Path], Any], out_dir: Path) -> dict[str, Any]:
+    """The suites of `options.stage` alone, printed as soon as that stage has trained and kept in
+    `eval/after-<stage>.json` (the whole step's report follows once every stage has trained)."""
+    from pipelines.steps.evaluate.runner import run_suites
+    from pipelines.steps.evaluate.suites import main_metric
+
+    if options.stage not in recipe.stages:
+        raise StepFailed(f"eval --stage {options.stage}: no such stage in {recipe.file} (stages: {', '.join(recipe.stages)})")
+    results = run_suites(recipe, options, bot_for, out_dir)
+    for row in results:
+        figure = main_metric(row["kind"], row["metrics"]) if "metrics" in row else None
+        shown = f"{figure[0]} {figure[1]:.3f}" if figure else row.get("error", "no figure")
+        print(f"[eval] after {options.stage}: {row['suite']} {shown}")
+    write_json(out_dir / f"after-{options.stage}.json", {"stage": options.stage, "suites": results},
+               sort_keys=False, default=str)
+    return {"stage": options.stage, "suites": results}
 
 
 def _split_and_chat(recipe: Recipe, checkpoint: Path, bot_for: Callable[[Path], Any]) -> dict[str, Any]:

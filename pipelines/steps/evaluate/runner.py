@@ -34,7 +34,8 @@ def run_suites(recipe: Recipe, options: Any, bot_for: Callable[[Path], Any], out
             plan.append((name, Path(options.checkpoint).name, Path(options.checkpoint)))
             continue
         for stage in stages_for(recipe, cfg.kind, cfg.stages):
-            plan.append((name, stage, recipe.run_dir / "train" / stage))
+            if getattr(options, "stage", None) in (None, stage):  # `stage`: that stage's suites only
+                plan.append((name, stage, recipe.run_dir / "train" / stage))
     plan.sort(key=lambda x: (str(x[2]), x[0]))  # one checkpoint loaded at a time
     results = []
     for name, stage, checkpoint in plan:
