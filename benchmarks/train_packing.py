@@ -173,12 +173,20 @@ def _rss_child(folder: Path, tokenizer_dir: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     units = shard_units(subset_files(folder, "sft"))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _peak_kb()
     t = time.perf_counter()
     build_token_cache(units, tok, folder / "tokens", TokenSettings("visualcla", True, 512, 17), workers=1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": round(peak / 1024, 1), "before_mb": round(base / 1024, 1),
+    print(json.dumps({"peak_mb": round(_peak_kb() / 1024, 1), "before_mb": round(base / 1024, 1),
                       "build_s": round(time.perf_counter() - t, 2)}))
+
+
+def _peak_kb() -> int:
+    """This process image's peak RSS (VmHWM). Not `getrusage`'s ru_maxrss: Linux keeps that across exec, so a
+    child started by a large benchmark process would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def lengths_summary(rows: list[dict], tokenizer_dir: Path) -> dict:
