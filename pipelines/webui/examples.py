@@ -8,8 +8,9 @@ questions only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from pipelines.webui.rejected import json_rows
 
 QUESTIONS = ("图中是什么？", "请详细描述这张图片。", "图中的形状是什么颜色？")
 """Questions offered without held-out suites (and the image-free examples)."""
@@ -31,15 +32,10 @@ def heldout_examples(corpus: Path, limit: int = 4) -> list[tuple[Path, str]]:
 
 def _pairs(file: Path, corpus: Path, per_suite: int = 4) -> list[tuple[Path, str]]:
     pairs = []
-    with open(file, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            image, question = row.get("image"), row.get("question")
-            if isinstance(image, str) and isinstance(question, str) and (corpus / image).is_file():
-                pairs.append((corpus / image, question))
-            if len(pairs) >= per_suite:
-                break
+    for row in json_rows(file):
+        image, question = row.get("image"), row.get("question")
+        if isinstance(image, str) and isinstance(question, str) and (corpus / image).is_file():
+            pairs.append((corpus / image, question))
+        if len(pairs) >= per_suite:
+            break
     return pairs

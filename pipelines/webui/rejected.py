@@ -41,20 +41,21 @@ class Rejections:
             st = file.stat()
             key = (str(file), st.st_size, st.st_mtime_ns)
             if key not in self._counts:
-                self._counts[key] = Counter(row.get("reason", "?") for row in _rows(file))
+                self._counts[key] = Counter(row.get("reason", "?") for row in json_rows(file))
             total += self._counts[key]
         return total
 
     def page(self, step: str, reason: str | None, number: int, size: int) -> list[dict[str, Any]]:
         """Rows `number * size` onward of `step` (only those with `reason`, when given)."""
-        rows = (row for file in self.files(step) for row in _rows(file)
+        rows = (row for file in self.files(step) for row in json_rows(file)
                 if not reason or row.get("reason") == reason)
         start = max(0, int(number)) * max(1, int(size))
         return list(islice(rows, start, start + max(1, int(size))))
 
 
-def _rows(file: Path) -> Iterator[dict[str, Any]]:
-    """The JSON rows of a rejected/ file; a line cut short by a killed run is skipped."""
+def json_rows(file: Path) -> Iterator[dict[str, Any]]:
+    """The JSON object rows of a JSONL file (rejected/ rows, held-out suites); a line cut short by a killed
+    run, or anything but an object, is skipped."""
     with open(file, encoding="utf-8") as f:
         for line in f:
             try:
