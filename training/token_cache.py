@@ -13,8 +13,8 @@ Training used to tokenise every row on every epoch. Here each shard unit (file, 
 The folder name is a hash of everything the tokens depend on: the shards' checksums (render's
 `manifest.json` sha256 when it lists the file, else the file's own), the tokenizer (its serialised
 vocabulary, merges and special tokens), the template name and its EOS, the max length and the image
-tokens per image; so a cache made with other settings is never read. `key.json` in the folder says
-what went in. Units are written atomically (a temp name renamed into place) one at a time, each by
+tokens per image; so a cache made with other settings is never read. `key.json` in the folder records
+the settings. Units are written atomically (a temp name renamed into place) one at a time, each by
 streaming its row group (bounded memory: one unit's rows at a time per worker), in worker processes
 when `workers` > 1, with a progress bar; a killed build leaves whole units and resumes.
 """
@@ -122,7 +122,7 @@ def _build_unit(job: tuple[ShardUnit, object, Path, TokenSettings]) -> int:
     """One unit -> `<unit.key>.arrow`, written under a temp name and renamed when complete."""
     unit, tokenizer, folder, s = job
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    rows = read_unit(unit, [c for c in COLUMNS if c != "id"] + ["id"])
+    rows = read_unit(unit, COLUMNS)
     known = encode_texts(tokenizer, [t for row in rows for t in _texts(row, s.num_image_tokens)])
     columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     for row in rows:
