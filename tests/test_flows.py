@@ -140,6 +140,8 @@ def test_rerun_does_no_work_and_a_changed_step_reruns_downstream_only(finished_r
     assert states["train"] == "Completed" and states["eval"] == "Completed"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stages"]["train"]["stage2"]["steps"] == 4
+    assert (run_dir / "eval" / "after-stage1.json").is_file()  # stage 1 retrained, evaluated before stage 2
+    assert (run_dir / "train.stale").is_dir() and (run_dir / "eval.stale").is_dir()  # the old ones, set aside
 
 
 def test_training_one_stage_does_not_mark_the_train_step_done(prefect_server, tmp_path):

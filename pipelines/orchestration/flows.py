@@ -124,17 +124,18 @@ def train_and_evaluate_stage_by_stage(spec: dict[str, Any], recipe: Recipe) -> N
     """Before the train step: when it has work to do and the recipe has eval suites, train every stage
     but the last one by one, each evaluated on its suites as soon as it has trained (captions after stage
     1). The whole train step then finds those stages done and trains the last; the eval step that follows
-    evaluates every stage and writes the report. Stale train / eval folders are set aside first, so the
-    stages trained here are the ones the steps keep."""
+    evaluates every stage and writes the report. Finished train / eval folders of other inputs are set aside
+    first, so the stages trained and evaluated here are the ones the steps keep."""
     if not recipe.eval.suites or len(recipe.stages) < 2:
         return
     out, key, marker = _state("train", spec)
-    if key is not None and marker.get("fingerprint") == key and not marker.get("retry_pending", 0):
-        return  # trained and up to date: the eval step is what runs (or is cached)
-    for name in ("train", "eval"):
-        out, key, marker = _state(name, spec)
-        if marker and marker.get("fingerprint") != key:
-            _set_aside(name, out)
+    if key is not None and marker.get("fingerprint") == key:
+        return  # up to date (or left retryable work, which the train step redoes in place)
+    if marker:  # a finished train folder from other inputs: its stages are not this run's
+        _set_aside("train", out)
+    out, _, marker = _state("eval", spec)
+    if marker:  # finished evaluating the old stages: this train run makes it stale, whatever its key says now
+        _set_aside("eval", out)
     for stage in list(recipe.stages)[:-1]:
         run_step("train", spec, {"stage": stage})
         run_step("eval", spec, {"stage": stage})
