@@ -409,6 +409,7 @@ class GenServer:
                 self.stats.active -= 1
 
     def _handle(self, req: Request, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """The API key, then the body as a chat completion request, then `_answer`."""
         if not req.auth_ok:
             received = headers.get("authorization", "").removeprefix("Bearer ")
             return _error(401, f"Incorrect API key provided: {received}", "invalid_api_key")
@@ -418,6 +419,10 @@ class GenServer:
             assert isinstance(messages, list)
         except (ValueError, KeyError, TypeError, AssertionError):
             return _error(400, "body is not a chat completion request", "invalid_request_error")
+        return self._answer(req, body, messages)
+
+    def _answer(self, req: Request, body: dict, messages: list[dict]) -> tuple[int, dict[str, str], bytes]:
+        """A generation request: its kind, faults, then the reply a good generator would give."""
         system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
         last_user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
         text, urls = split_content(last_user)

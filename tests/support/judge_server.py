@@ -22,16 +22,11 @@ proxy might.
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from support.chat_server import count_tokens
-from support.gen_server import Fault, _error, _handler_for, _with_auth_echo
-from support.loopback import LoopbackHTTPServer
+from support.gen_server import Fault, GenServer, Request, _error
 
 JudgeFault = Literal["rate_limit", "server_error", "malformed", "fenced", "out_of_range"]
 JUDGE_FAULTS: frozenset[str] = frozenset(JudgeFault.__args__)  # type: ignore[attr-defined]
@@ -56,67 +51,14 @@ def between(text: str, start: str, end: str) -> str | None:
     return text[i + len(start):j].strip() if i >= 0 and j >= 0 else None
 
 
-@dataclass
-class Request:
-    at: float
-    auth_ok: bool
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    body: dict[str, Any] = field(default_factory=dict)
-    text: str = ""
-    """The user message."""
-    strict: bool = False
-    fault: str | None = None
-    status: int = 0
-    reply: str | None = None
+class JudgeServer(GenServer):
+    """`GenServer`'s HTTP handling, key check, counts and fault bookkeeping; judging instead of generating."""
 
-
-@dataclass
-class Stats:
-    requests: int = 0
-    ok: int = 0
-    statuses: Counter = field(default_factory=Counter)
-    strict_requests: int = 0
-    faults: Counter = field(default_factory=Counter)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    active: int = 0
-    peak_active: int = 0
-
-
-class JudgeServer:
     def __init__(self, api_key: str = "sk-test-key", latency_s: float = 0.0, seed: int = 0,
                  echo_auth: bool = False) -> None:
-        self.api_key = api_key
-        self.latency_s = latency_s
-        self.echo_auth = echo_auth
-        self._rng = random.Random(seed)
-        self.faults: list[Fault] = []
-        self.stats = Stats()
-        self.log: list[Request] = []
-        self._lock = threading.Lock()
-        self._httpd: LoopbackHTTPServer | None = None
+        super().__init__(api_key=api_key, latency_s=latency_s, seed=seed, echo_auth=echo_auth)
 
-    def start(self) -> "JudgeServer":
-        self._httpd = LoopbackHTTPServer(_handler_for(self))  # type: ignore[arg-type]
-        self._httpd.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.stop()
-
-    def __enter__(self) -> "JudgeServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "start() the server first"
-        return self._httpd.origin + "/v1"
-
-    def add_fault(self, kind: JudgeFault, times: int | None = None, match: str | None = None,
+    def add_fault(self, kind: JudgeFault, times: int | None = None, match: str | None = None,  # type: ignore[override]
                   retry_after: str | float = "1", on_strict: bool | None = None) -> Fault:
         if kind not in JUDGE_FAULTS:
             raise ValueError(f"unknown fault {kind!r} (one of {sorted(JUDGE_FAULTS)})")
@@ -125,42 +67,7 @@ class JudgeServer:
             self.faults.append(fault)
         return fault
 
-    def reset_stats(self) -> None:
-        with self._lock:
-            self.stats = Stats()
-            self.log.clear()
-
-    # request handling ----------------------------------------------------------------------
-    def handle(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        with self._lock:
-            self.stats.requests += 1
-            self.stats.active += 1
-            self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
-        req = Request(time.monotonic(), headers.get("authorization") == f"Bearer {self.api_key}")
-        with self._lock:
-            self.log.append(req)
-        try:
-            status, out_headers, body = self._handle(req, headers, raw)
-            if self.echo_auth and status >= 400:
-                body = _with_auth_echo(body, headers.get("authorization", ""))
-            req.status = status
-            with self._lock:
-                self.stats.statuses[status] += 1
-            return status, out_headers, body
-        finally:
-            with self._lock:
-                self.stats.active -= 1
-
-    def _handle(self, req: Request, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        if not req.auth_ok:
-            received = headers.get("authorization", "").removeprefix("Bearer ")
-            return _error(401, f"Incorrect API key provided: {received}", "invalid_api_key")
-        try:
-            body = json.loads(raw)
-            messages = body["messages"]
-            assert isinstance(messages, list)
-        except (ValueError, KeyError, TypeError, AssertionError):
-            return _error(400, "body is not a chat completion request", "invalid_request_error")
+    def _answer(self, req: Request, body: dict, messages: list[dict]) -> tuple[int, dict[str, str], bytes]:
         text = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
         req.body, req.messages, req.text, req.strict = body, messages, text, STRICT_MARK in text
         with self._lock:
@@ -186,18 +93,10 @@ class JudgeServer:
         elif req.fault == "fenced":
             content = f"```json\n{content}\n```"
         req.reply = content
-        return self._completion(body, messages, content)
+        return self._judged(body, messages, content)
 
-    def _take_fault(self, req: Request) -> Fault | None:
-        with self._lock:
-            for fault in self.faults:
-                if fault.applies(req.text, req.strict, None, self._rng):
-                    fault.fired += 1
-                    self.stats.faults[fault.kind] += 1
-                    return fault
-        return None
-
-    def _completion(self, body: dict, messages: list[dict], content: str) -> tuple[int, dict, bytes]:
+    def _judged(self, body: dict, messages: list[dict], content: str) -> tuple[int, dict, bytes]:
+        """The verdict as a chat completion; usage counted as `support.chat_server.count_tokens` does."""
         prompt = sum(count_tokens(str(m.get("content", ""))) for m in messages)
         completion = count_tokens(content)
         with self._lock:
