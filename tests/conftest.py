@@ -50,6 +50,23 @@ WEBUI_LIMITS = {"max_bytes": 2 << 20, "max_pixels": 3_000_000}
 fake webcam, 1920 x 1440, still passes)."""
 
 
+def webui_model():
+    """The web UI tests' tiny model: CLIP 1x32 at 32 px, MLP connector, LLaMA 1x48."""
+    from training.config import ModelConfig
+
+    return ModelConfig(
+        vision={"kind": "clip", "image_size": 32, "init": {"hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}},
+        connector={"kind": "mlp2x_gelu"},
+        llm={"init": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
+                      "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 500}})
+
+
+@pytest.fixture(scope="session", name="webui_model")
+def webui_model_fixture():
+    return webui_model()
+
+
 @pytest.fixture(scope="session")
 def webui_run(tmp_path_factory) -> Path:
     """A run folder as the steps leave it, in miniature: render/ shards (row groups of 5 rows),
@@ -59,18 +76,13 @@ def webui_run(tmp_path_factory) -> Path:
 
     from pipelines.core.rejects import RejectWriter
     from pipelines.core.stats import StepStats
-    from training.config import ModelConfig, StageConfig
+    from training.config import StageConfig
     from training.run import train_stage
     from training.synthetic import draw, write_synthetic_shards
 
     run = tmp_path_factory.mktemp("webui") / "run"
     write_synthetic_shards(run / "render", num_images=24, row_group_rows=5)
-    model = ModelConfig(
-        vision={"kind": "clip", "image_size": 32, "init": {"hidden_size": 32, "intermediate_size": 64,
-                "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}},
-        connector={"kind": "mlp2x_gelu"},
-        llm={"init": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
-                      "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 500}})
+    model = webui_model()
     # Captions ("一个红色的圆形。"): after 60 steps every answer is one, several tokens of Chinese to stream.
     stage = StageConfig(data="pretrain", template="none", max_steps=60, batch_size=8, max_length=160,
                         save_steps=60, warmup_ratio=0.0, lr={"default": 3e-3},

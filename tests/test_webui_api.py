@@ -80,7 +80,7 @@ def images_of(message: dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def sft_server(webui_run, tmp_path_factory):
+def sft_server(webui_run, webui_model, tmp_path_factory):
     """A second server over a tiny instruction-tuned stage (the `visualcla` template, which takes several
     images; the session server's stage-1 `none` template places one)."""
     import socket
@@ -88,15 +88,10 @@ def sft_server(webui_run, tmp_path_factory):
     from pipelines.webui.app import WebUI, build_app, launch
     from pipelines.webui.safety import bind_settings
     from training.chat import ChatModel
-    from training.config import ModelConfig, StageConfig
+    from training.config import StageConfig
     from training.run import train_stage
 
-    model = ModelConfig(
-        vision={"kind": "clip", "image_size": 32, "init": {"hidden_size": 32, "intermediate_size": 64,
-                "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}},
-        connector={"kind": "mlp2x_gelu"},
-        llm={"init": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
-                      "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 500}})
+    model = webui_model
     # 60 steps: answers are Chinese text (after 2 an answer may echo the image block, after 10 is empty)
     stage = StageConfig(data="sft", max_steps=60, batch_size=8, max_length=160, save_steps=60, warmup_ratio=0.0,
                         lr={"default": 3e-3}, trainable={"connector": "full", "llm": "full"})
